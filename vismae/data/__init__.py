@@ -1,0 +1,1 @@
+"""Data: dataset readers, the manifest contract, pixel preparation, synthetic data, splits."""

@@ -1,0 +1,1 @@
+"""One reader per dataset; each turns a dataset folder into a manifest (metadata only)."""
