@@ -1,0 +1,265 @@
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score, roc_auc_score
+
+from vismae import metrics
+
+# A confusion matrix worked by hand: at threshold 0.5 the predictions are 1 1 0 | 1 0 0 0 0,
+# so tp=2 fn=1 fp=1 tn=4. Of the 3 x 5 positive-negative pairs the positives win 5 + 4 + 2.
+HAND_TRUE = [1, 1, 1, 0, 0, 0, 0, 0]
+HAND_SCORE = [0.9, 0.6, 0.2, 0.7, 0.3, 0.1, 0.4, 0.05]
+
+
+def scored_patients(n_patients: int, images_per_patient: int = 1, seed: int = 0, separation: float = 1.0):
+    """Patients with a label and a noisy score; each patient's images are identical copies."""
+    rng = np.random.default_rng(seed)
+    label = rng.integers(0, 2, n_patients)
+    score = 1 / (1 + np.exp(-(separation * (2 * label - 1) + rng.normal(size=n_patients))))
+    repeat = lambda a: np.repeat(a, images_per_patient)  # noqa: E731
+    return repeat(label), repeat(score), repeat(np.arange(n_patients))
+
+
+def width(interval: dict) -> float:
+    return interval["high"] - interval["low"]
+
+
+# --- classification ----------------------------------------------------------------------
+
+
+def test_classification_metrics_on_a_hand_worked_confusion_matrix():
+    m = metrics.classification_metrics(HAND_TRUE, HAND_SCORE, threshold=0.5)
+    assert (m["tp"], m["fn"], m["fp"], m["tn"]) == (2, 1, 1, 4)
+    assert m["sensitivity"] == pytest.approx(2 / 3)
+    assert m["specificity"] == pytest.approx(4 / 5)
+    assert m["f1"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))
+    assert m["accuracy"] == pytest.approx(6 / 8)
+    assert m["roc_auc"] == pytest.approx(11 / 15)
+    assert (m["n"], m["positives"], m["threshold"]) == (8, 3, 0.5)
+
+
+def test_the_threshold_is_inclusive():
+    assert metrics.classification_metrics([1, 0], [0.5, 0.2], threshold=0.5)["sensitivity"] == 1.0
+
+
+def test_classification_metrics_agree_with_scikit_learn():
+    y, s, _ = scored_patients(300, seed=1)
+    predicted = (s >= 0.3).astype(int)
+    m = metrics.classification_metrics(y, s, threshold=0.3)
+    assert m["sensitivity"] == pytest.approx(recall_score(y, predicted))
+    assert m["specificity"] == pytest.approx(recall_score(1 - y, 1 - predicted))
+    assert m["f1"] == pytest.approx(f1_score(y, predicted))
+    assert m["roc_auc"] == pytest.approx(roc_auc_score(y, s))
+    assert m["pr_auc"] == pytest.approx(average_precision_score(y, s))
+
+
+def test_one_class_gives_nan_not_a_crash():
+    negatives = metrics.classification_metrics([0, 0, 0], [0.1, 0.7, 0.2])
+    assert math.isnan(negatives["sensitivity"]) and math.isnan(negatives["roc_auc"])
+    assert math.isnan(negatives["pr_auc"])
+    assert negatives["specificity"] == pytest.approx(2 / 3)
+    assert math.isnan(metrics.classification_metrics([0, 0], [0.1, 0.2])["f1"])  # 0 / 0
+    positives = metrics.classification_metrics([1, 1], [0.9, 0.2])
+    assert math.isnan(positives["specificity"]) and math.isnan(positives["roc_auc"])
+    assert positives["sensitivity"] == 0.5
+
+
+@pytest.mark.parametrize(
+    "y_true, y_score, message",
+    [([0, 2], [0.1, 0.2], "0 .* and 1"), ([0, 1], [0.1], "equal length"), ([0, 1], [0.1, np.nan], "non-finite"),
+     ([], [], "no samples")],
+)  # fmt: skip
+def test_bad_classification_input_is_explained(y_true, y_score, message):
+    with pytest.raises(ValueError, match=message):
+        metrics.classification_metrics(y_true, y_score)
+
+
+def test_youden_and_sensitivity_thresholds_on_a_hand_example():
+    # At 0.6: sensitivity 2/3, fpr 0 (J 0.67); at 0.4: sensitivity 1, fpr 1/4 (J 0.75).
+    y = [0, 0, 0, 1, 0, 1, 1]
+    s = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
+    assert metrics.choose_threshold(y, s, "youden") == pytest.approx(0.4)
+    assert metrics.choose_threshold(y, s, "sensitivity", target=0.6) == pytest.approx(0.6)
+    assert metrics.choose_threshold(y, s, "sensitivity", target=0.9) == pytest.approx(0.4)
+    assert metrics.choose_threshold(y, s, "sensitivity", target=1 / 3) == pytest.approx(0.7)
+    with pytest.raises(ValueError, match="both classes"):
+        metrics.choose_threshold([1, 1], [0.2, 0.3])
+    with pytest.raises(ValueError, match="unknown threshold rule"):
+        metrics.choose_threshold(y, s, "f1")
+
+
+def test_a_chosen_threshold_reaches_its_sensitivity():
+    y, s, _ = scored_patients(500, seed=3)
+    threshold = metrics.choose_threshold(y, s, "sensitivity", target=0.9)
+    assert metrics.classification_metrics(y, s, threshold)["sensitivity"] >= 0.9
+    # ...and is the most specific one that does: the next score up falls short.
+    above = np.min(s[s > threshold])
+    assert metrics.classification_metrics(y, s, above)["sensitivity"] < 0.9
+
+
+# --- segmentation ------------------------------------------------------------------------
+
+
+def test_dice_hand_cases():
+    pred = np.zeros((4, 4), bool)
+    pred[:2, :2] = True  # 4 pixels
+    true = np.zeros((4, 4), bool)
+    true[0, :3] = True  # 3 pixels, 2 shared
+    assert metrics.dice(pred, true) == pytest.approx(2 * 2 / (4 + 3))
+    assert metrics.dice(pred, pred) == 1.0
+    assert metrics.dice(np.zeros((4, 4)), np.zeros((4, 4))) == 1.0  # empty-empty convention
+    assert metrics.dice(np.zeros((4, 4)), true) == 0.0
+    assert metrics.dice(pred.astype(np.uint8) * 255, true.astype(np.uint8)) == pytest.approx(4 / 7)
+
+
+def test_dice_matches_monai():
+    import torch
+    from monai.metrics import compute_dice
+
+    rng = np.random.default_rng(0)
+    pred = rng.random((5, 16, 16)) > 0.6
+    true = rng.random((5, 16, 16)) > 0.7
+    true[4] = pred[4] = False  # an empty pair
+    expected = compute_dice(
+        torch.from_numpy(pred[:, None]).float(), torch.from_numpy(true[:, None]).float(), ignore_empty=False
+    ).numpy()[:, 0]
+    ours = [metrics.dice(p, t) for p, t in zip(pred, true)]
+    np.testing.assert_allclose(ours, expected, rtol=1e-6)
+
+
+def test_dice_rejects_probabilities_and_mismatched_shapes():
+    with pytest.raises(ValueError, match="threshold probabilities"):
+        metrics.dice(np.full((2, 2), 0.7), np.ones((2, 2)))
+    with pytest.raises(ValueError, match="differ in shape"):
+        metrics.dice(np.ones((2, 2)), np.ones((2, 3)))
+
+
+def test_segmentation_metrics_per_image_and_pooled():
+    full = np.ones((2, 2), bool)
+    empty = np.zeros((2, 2), bool)
+    one = np.array([[1, 0], [0, 0]], bool)
+    # image 1: predicts 1 of 4 mask pixels; image 2: empty and empty; image 3: false alarm.
+    preds, targets = [one, empty, one], [full, empty, empty]
+    table = metrics.per_image_segmentation(preds, targets)
+    np.testing.assert_allclose(table["dice"], [2 / 5, 1.0, 0.0])
+    np.testing.assert_allclose(table["precision"], [1.0, 1.0, 0.0])
+    np.testing.assert_allclose(table["recall"], [0.25, 1.0, np.nan])  # no mask: recall undefined
+    summary = metrics.segmentation_metrics(preds, targets)
+    assert summary["dice"] == pytest.approx((0.4 + 1.0 + 0.0) / 3)
+    assert summary["recall"] == pytest.approx((0.25 + 1.0) / 2)  # NaN left out of the mean
+    # Pooled: tp 1, fp 1, fn 3 over all pixels.
+    assert summary["dice_pooled"] == pytest.approx(2 / (2 + 1 + 3))
+    assert summary["precision_pooled"] == pytest.approx(0.5)
+    assert summary["recall_pooled"] == pytest.approx(0.25)
+    assert (summary["n"], summary["empty_masks"]) == (3, 2)
+
+
+def test_segmentation_pooled_dice_agrees_with_scikit_learn_f1():
+    rng = np.random.default_rng(2)
+    preds = rng.random((4, 8, 8)) > 0.5
+    targets = rng.random((4, 8, 8)) > 0.5
+    summary = metrics.segmentation_metrics(preds, targets)
+    assert summary["dice_pooled"] == pytest.approx(f1_score(targets.ravel(), preds.ravel()))
+    assert summary["precision_pooled"] == pytest.approx(precision_score(targets.ravel(), preds.ravel()))
+
+
+# --- bootstrap ---------------------------------------------------------------------------
+
+
+def test_interval_contains_the_point_estimate_and_narrows_with_more_patients():
+    few = metrics.metrics_with_ci(*scored_patients(60, seed=4), n_boot=500, seed=0)
+    many = metrics.metrics_with_ci(*scored_patients(1500, seed=4), n_boot=500, seed=0)
+    for name in metrics.CLASSIFICATION_METRICS:
+        for result in (few, many):
+            assert result[name]["low"] <= result[name]["value"] <= result[name]["high"], name
+        assert width(many[name]) < 0.5 * width(few[name]), name
+    assert few["patients"] == few["n"] == 60
+
+
+def test_intervals_are_driven_by_patients_not_images():
+    one_image = metrics.metrics_with_ci(*scored_patients(80, 1, seed=5), n_boot=400, seed=1)
+    y, s, patients = scored_patients(80, 10, seed=5)  # each patient's image copied 10 times
+    copies = metrics.metrics_with_ci(y, s, patients, n_boot=400, seed=1)
+    as_if_independent = metrics.metrics_with_ci(y, s, np.arange(len(y)), n_boot=400, seed=1)
+    for name in ("sensitivity", "roc_auc", "accuracy"):
+        assert copies[name]["value"] == pytest.approx(one_image[name]["value"])
+        # Ten copies of a patient add no evidence: the interval is exactly as wide...
+        assert width(copies[name]) == pytest.approx(width(one_image[name]))
+        # ...whereas resampling images would claim about sqrt(10) times more precision.
+        assert width(as_if_independent[name]) < 0.5 * width(copies[name])
+    assert copies["n"] == 800 and copies["patients"] == 80
+
+
+def test_vectorized_intervals_match_the_generic_bootstrap():
+    y, s, patients = scored_patients(40, 1, seed=6)
+    extra = np.arange(40) % 3 == 0  # some patients with a second, different image
+    y = np.concatenate([y, y[extra]])
+    s = np.concatenate([s, np.clip(s[extra] + 0.2, 0, 1)])
+    patients = np.concatenate([patients, patients[extra]])
+    fast = metrics.metrics_with_ci(y, s, patients, threshold=0.4, n_boot=150, seed=7)
+    slow = metrics.bootstrap_ci(
+        lambda a, b: metrics.classification_metrics(a, b, 0.4), (y, s), groups=patients, n_boot=150, seed=7
+    )
+    for name in metrics.CLASSIFICATION_METRICS:
+        for key in ("value", "low", "high", "skipped"):
+            assert fast[name][key] == pytest.approx(slow[name][key], abs=1e-12), (name, key)
+
+
+def test_undefined_resamples_are_skipped_and_counted():
+    # Two positive patients among 30: many resamples draw neither.
+    y = np.zeros(30, int)
+    y[:2] = 1
+    s = np.linspace(0, 1, 30)
+    result = metrics.metrics_with_ci(y, s, np.arange(30), n_boot=300, seed=0)
+    skipped = result["sensitivity"]["skipped"]
+    assert 0 < skipped < 300
+    assert skipped == pytest.approx(300 * (28 / 30) ** 30, rel=0.5)
+    assert result["specificity"]["skipped"] == 0
+    assert not math.isnan(result["sensitivity"]["low"])
+
+
+def test_bootstrap_ci_on_a_frame_with_a_group_column():
+    frame = pd.DataFrame({"patient": np.repeat(np.arange(50), 2), "value": np.repeat(np.arange(50.0), 2)})
+    result = metrics.bootstrap_ci(lambda f: f["value"].mean(), frame, groups="patient", n_boot=300, seed=0)
+    assert result["value"] == pytest.approx(24.5)
+    assert result["low"] < 24.5 < result["high"]
+    assert result["n_boot"] == 300 and result["skipped"] == 0
+    # Standard error of a mean of 50 uniform draws on 0..49 is about 2; 95 % spans about 8.
+    assert 5 < width(result) < 11
+
+
+def test_bootstrap_ci_counts_resamples_where_the_metric_raises():
+    def needs_two_classes(y, s):
+        if y.min() == y.max():
+            raise ValueError("one class only")
+        return roc_auc_score(y, s)
+
+    y = np.array([1, 0, 0, 0, 0, 0])
+    result = metrics.bootstrap_ci(needs_two_classes, (y, np.arange(6.0)), groups=np.arange(6), n_boot=200, seed=0)
+    assert 0 < result["skipped"] < 200
+
+
+def test_bootstrap_rejects_misaligned_input():
+    with pytest.raises(ValueError, match="differ in length"):
+        metrics.bootstrap_ci(np.mean, ([1, 2], [1, 2, 3]), groups=[0, 1])
+    with pytest.raises(ValueError, match="groups has 3 entries for 2 rows"):
+        metrics.metrics_with_ci([0, 1], [0.2, 0.8], [0, 1, 2])
+
+
+# --- folds -------------------------------------------------------------------------------
+
+
+def test_summarize_folds_mean_std_min_max():
+    folds = [
+        {"roc_auc": 0.8, "f1": 0.5, "name": "ignored"},
+        {"roc_auc": 0.6, "f1": float("nan")},
+        {"roc_auc": {"value": 0.7, "low": 0.6, "high": 0.8}, "f1": 0.7},
+    ]
+    summary = metrics.summarize_folds(folds)
+    assert summary["roc_auc"] == pytest.approx({"mean": 0.7, "std": 0.1, "min": 0.6, "max": 0.8, "n": 3})
+    assert summary["f1"]["mean"] == pytest.approx(0.6) and summary["f1"]["n"] == 2
+    assert "name" not in summary
+    with pytest.raises(ValueError, match="no folds"):
+        metrics.summarize_folds([])
