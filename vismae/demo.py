@@ -59,16 +59,19 @@ def prepare_cache(settings: DemoSettings, name: str, manifest: Path) -> Path:
 
     cache = Path(settings.out) / "cache" / name
     started = _stage(f"prepare: decode, crop, flip, CLAHE and resize to {settings.size} px")
-    prepare(manifest, cache, size=settings.size, workers=settings.workers)
+    # 8-bit like the ROI paper's JPEGs: OpenCV's 16-bit CLAHE over-equalizes small images.
+    prepare(manifest, cache, size=settings.size, bits=8, workers=settings.workers, progress=False)
     _done(started, cache)
     return cache
 
 
 def summarize(cache: Path) -> None:
+    from vismae.commands.summarize import format_summary
     from vismae.data.manifest import read_manifest
-    from vismae.data.summary import format_summary, summarize_manifest
+    from vismae.data.summary import summarize as count
 
-    print(format_summary(summarize_manifest(read_manifest(cache / "manifest.csv"))))
+    manifest = cache / "manifest.csv"
+    print(format_summary(count(read_manifest(manifest)), str(manifest)))
 
 
 def run_demo(settings: DemoSettings) -> dict[str, Path]:
