@@ -1,0 +1,157 @@
+"""The ROI-aware report: files that agree with each other, the annotation flag everywhere,
+seeds aggregated, the paper's numbers beside ours, rebuilt from the folder alone."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import cv2
+import pandas as pd
+import pytest
+import yaml
+from roi_synthetic import PixelStatsEngine, write_roi_cache
+
+from vismae import cli
+from vismae.config import ConfigError
+from vismae.experiments import paper_numbers
+from vismae.experiments.roi_aware import run_roi_aware
+from vismae.experiments.roi_config import load_roi_aware_config
+from vismae.experiments.roi_plot import roc_figure
+from vismae.experiments.roi_markdown import fmt_interval
+from vismae.experiments.roi_report import CLASSIFICATION_METRICS, build_report, json_safe
+from vismae.experiments.roi_rules import ANNOTATION_WARNING, PROCEDURES
+
+OVERRIDES = [
+    "seeds=[0, 1]",
+    "paper=vindr",
+    "init=random:tiny",
+    "finetune.data.val_fraction=0.25",
+    "small_groups.min_images=4",
+    "small_groups.min_per_class=1",
+    "finetune.eval.n_boot=100",
+]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    manifest = write_roi_cache(tmp_path_factory.mktemp("cache"), patients=32)
+    out = tmp_path_factory.mktemp("run")
+    config = load_roi_aware_config(None, [f"manifest={manifest}", f"output_dir={out}", *OVERRIDES])
+    folder = run_roi_aware(config, PixelStatsEngine())
+    return config, folder
+
+
+def same(csv_value: float, json_value) -> bool:
+    """Equal numbers, or undefined in both: NaN in the CSV, null in the JSON."""
+    return math.isnan(csv_value) if json_value is None else csv_value == json_value
+
+
+def nan_for_null(entry: dict) -> dict:
+    return {part: math.nan if value is None else value for part, value in entry.items()}
+
+
+def test_json_csv_and_markdown_hold_the_same_numbers(finished):
+    _, folder = finished
+    report = json.loads((folder / "results.json").read_text())
+    table = pd.read_csv(folder / "results.csv").set_index(["seed", "procedure", "scope"])
+    lines = (folder / "results.md").read_text().splitlines()
+    assert len(report["results"]) == len(table) == 2 * len(PROCEDURES) * 5
+    for row in report["results"]:
+        csv_row = table.loc[(row["seed"], row["procedure"], row["scope"])]
+        assert (csv_row["n"], csv_row["positives"]) == (row["n"], row["positives"])
+        for name, entry in row["metrics"].items():
+            for part in ("value", "low", "high"):
+                assert same(float(csv_row[name if part == "value" else f"{name}_{part}"]), entry[part]), (row["procedure"], name, part)
+        cells = [row["seed"], row["title"], row["scope"], row["n"], row["positives"]]
+        cells += [fmt_interval(nan_for_null(row["metrics"][name])) for name in CLASSIFICATION_METRICS]
+        assert "| " + " | ".join(map(str, cells)) + " |" in lines
+
+
+def test_undefined_metrics_are_json_null():
+    report = {"metrics": {"sensitivity": {"value": math.nan, "low": 0.5}}, "rows": [math.nan, 1.0, "x"]}
+    assert json.loads(json.dumps(json_safe(report), allow_nan=False)) == {
+        "metrics": {"sensitivity": {"value": None, "low": 0.5}},
+        "rows": [None, 1.0, "x"],
+    }
+
+
+def test_the_roc_plot_is_a_png(finished):
+    _, folder = finished
+    path = folder / "roc.png"
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    image = cv2.imread(str(path))
+    assert image is not None and min(image.shape[:2]) > 200
+
+
+def test_procedures_using_test_annotations_say_so_everywhere(finished):
+    _, folder = finished
+    flagged = {name for name, procedure in PROCEDURES.items() if procedure.uses_test_annotations}
+    assert flagged == {"annotated", "annotation_only"}
+    table = pd.read_csv(folder / "results.csv")
+    assert (table["uses_test_annotations"] == table["procedure"].isin(flagged)).all()
+    assert (table["title"].str.contains(ANNOTATION_WARNING, regex=False) == table["procedure"].isin(flagged)).all()
+    report = json.loads((folder / "results.json").read_text())
+    assert {name for name, entry in report["procedures"].items() if entry["uses_test_annotations"]} == flagged
+    predictions = pd.read_csv(folder.parent / "seed_0" / "predictions.csv")
+    legends = [text.get_text() for axes in roc_figure(predictions).axes for text in axes.get_legend().get_texts()]
+    assert sum(ANNOTATION_WARNING in text for text in legends) == len(flagged)
+    assert len(legends) == len(PROCEDURES)
+
+
+def test_seeds_are_kept_and_summarized(finished):
+    _, folder = finished
+    per_seed = pd.read_csv(folder / "results.csv")
+    summary = pd.read_csv(folder / "summary.csv").set_index(["procedure", "scope", "metric"])
+    assert set(per_seed["seed"]) == {0, 1}
+    for (procedure, scope), rows in per_seed.groupby(["procedure", "scope"]):
+        for name in CLASSIFICATION_METRICS:
+            values = rows[name].dropna()
+            stats = summary.loc[(procedure, scope, name)]
+            if len(values):
+                assert stats["mean"] == pytest.approx(values.mean())
+                assert stats["min"] == pytest.approx(values.min()) and stats["max"] == pytest.approx(values.max())
+    # The stand-in engine fits each seed on other rows: the seeds must not all agree.
+    comparative = per_seed[(per_seed["procedure"] == "comparative") & (per_seed["scope"] == "merged")]
+    assert comparative["roc_auc"].nunique() > 1 or comparative["sensitivity"].nunique() > 1
+
+
+def test_the_papers_numbers_stand_beside_ours(finished):
+    _, folder = finished
+    comparison = json.loads((folder / "results.json").read_text())["paper"]
+    published = {(entry["table"], entry["procedure"]): entry["metrics"] for entry in comparison["published"]}
+    assert published[(5, "annotated")] == {"sensitivity": 0.93, "specificity": 0.87, "f1": 0.90, "accuracy": 0.87}
+    assert published[(6, "comparative")]["sensitivity"] == 0.00
+    assert {entry["procedure"] for entry in comparison["ours"]} == {"comparative", "annotated", "annotation_only", "deployable"}
+    csv = pd.read_csv(folder / "paper_comparison.csv")
+    assert csv.loc[(csv["table"] == 5) & (csv["procedure"] == "annotated"), "sensitivity"].item() == 0.93
+    assert "Table 5 (Swin Transformer)" in (folder / "results.md").read_text()
+
+
+def test_implied_f1_of_a_published_table():
+    table5 = paper_numbers.published_for("vindr")[0]
+    assert table5.table == 5
+    implied = paper_numbers.implied_f1(table5.stratified, paper_numbers.TEST_SETS["vindr"])
+    # 0.93 x 198 malignant found, 0.13 x 1120 benign called malignant.
+    tp, fp, fn = 0.93 * 198, 0.13 * 1120, 0.07 * 198
+    assert implied["binary"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    assert implied["binary"] == pytest.approx(0.698, abs=1e-3) and implied["weighted"] == pytest.approx(0.890, abs=1e-3)
+    with pytest.raises(ValueError, match="cbis"):
+        paper_numbers.published_for("cbis-ddsm")
+
+
+def test_the_report_rebuilds_from_the_folder_and_a_changed_config_is_refused(finished, tmp_path):
+    config, folder = finished
+    before = json.loads((folder / "results.json").read_text())
+    (folder / "results.json").unlink()
+    (folder / "roc.png").unlink()
+    config_file = tmp_path / "experiment.yaml"
+    config_file.write_text(yaml.safe_dump({"manifest": config.manifest, "output_dir": config.output_dir}))
+    assert cli.main(["roi-aware", "--config", str(config_file), "--report-only", *OVERRIDES]) == 0
+    assert json.loads((folder / "results.json").read_text()) == before
+    assert (folder / "roc.png").is_file()
+    assert build_report(config.with_absolute_paths()) == folder
+    places = [f"manifest={config.manifest}", f"output_dir={config.output_dir}"]
+    changed = load_roi_aware_config(None, [*places, *OVERRIDES, "small_groups.rule=constant"])
+    with pytest.raises(ConfigError, match="small_groups.rule"):
+        run_roi_aware(changed, PixelStatsEngine())

@@ -1,0 +1,347 @@
+"""VIS-MAE's label-efficiency study (paper 3.4, Figs. 2 and 3): finetune each encoder init on
+nested fractions of the labelled training patients, over seeds (and k folds), to see how few
+labels each init needs to match a randomly initialized model trained on all of them.
+
+    SWEEP/
+      sweep.yaml                      the resolved config; a rerun with another recipe is refused
+      plan.json                       folds, the scored split, every run's name in run-index order
+      subsets/s0_k1/                  the (seed, fold)'s manifest.csv, fraction_<f>/manifest.csv, splits.json
+      runs/f0.05_init-random_s0_k1/   one finetuning run; result.json, written last, marks it done
+      results.csv, report/            built by vismae.report from the finished runs
+
+Subsets depend on (seed, fold) alone, never on the init, so every init trains on the same rows.
+A rerun skips finished runs and redoes unfinished ones from scratch. Shard i of n takes the
+runs whose index mod n is i, so machines or an array job can share one sweep folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import yaml
+from accelerate import PartialState
+
+from vismae.config import ConfigError, differing_keys, flatten, read_yaml, to_dict
+from vismae.data.manifest import read_manifest
+from vismae.data.splits import carve_validation, kfold, label_fractions, save_splits
+from vismae.engine.finetune import finetune, make_accelerator, select_rows
+from vismae.experiments.sweep_config import AUTO_FOLDS, AUTO_FOLDS_BELOW_IMAGES, SweepConfig
+from vismae.io import write_json, write_text
+from vismae.report import ERROR_FILE, PLAN_FILE, RESULT_FILE, RUNS_DIR, build_report
+
+# Besides the report's names: result.json, written last into a run folder, marks the run
+# finished; error.txt holds the traceback of a run that failed, and the next pass redoes it.
+CONFIG_FILE = "sweep.yaml"
+SUBSETS_DIR = "subsets"
+SPLITS_FILE = "splits.json"
+# Keys that change no finished run: a sweep may be continued with other values. Adding an init,
+# a seed or a fraction only adds runs; the subsets of the old ones stay as they were.
+NEUTRAL_KEYS = ("output_dir", "seeds", "fractions", "metrics", "baseline", "score_split", "finetune.data.num_workers",
+                "finetune.eval.batch_size", "finetune.checkpoint.every_epochs", "finetune.checkpoint.keep")  # fmt: skip
+
+# One finetuning run: (spec, rows with a 0/1 ``target`` column, run folder) -> finetune's
+# metrics dict ({"val": {metric: {"value", "low", "high"}, "n": ...}, "test": ..., "best_epoch": ...}).
+RunFunction = Callable[["RunSpec", pd.DataFrame, Path], Mapping]
+
+
+# ---------------------------------------------------------------------------------------------
+# The runs.
+
+
+def subset_key(seed: int, fold: int | None) -> str:
+    """The folder name of one (seed, fold)'s subsets: all a run's rows depend on."""
+    return f"s{seed}" + (f"_k{fold}" if fold is not None else "")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    fraction: float
+    init: str
+    seed: int
+    fold: int | None = None  # None: no cross-validation, the manifest's own splits
+
+    @property
+    def subsets(self) -> str:
+        return subset_key(self.seed, self.fold)
+
+    @property
+    def name(self) -> str:
+        return f"f{self.fraction:g}_init-{self.init}_{self.subsets}"
+
+
+def plan_runs(inits, fractions, seeds, folds) -> list[RunSpec]:
+    """Every run, in a fixed order: seed, fold, fraction (small first), init."""
+    return [RunSpec(float(f), init, seed, fold) for seed in seeds for fold in folds for f in sorted(fractions) for init in inits]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` -> (i, n), with 0 <= i < n."""
+    index, sep, count = text.partition("/")
+    try:
+        index, count = int(index), int(count)
+    except ValueError:
+        index = count = -1
+    if not sep or count < 1 or not 0 <= index < count:
+        raise ValueError(f"--shard {text!r}: expected i/n with 0 <= i < n, e.g. 0/4 (shards are numbered from 0)")
+    return index, count
+
+
+def shard_runs(runs: list[RunSpec], index: int, count: int) -> list[RunSpec]:
+    """Shard ``index`` of ``count``: the runs whose position in the plan is ``index`` mod ``count``.
+    The shards are disjoint and together hold every run, whichever machine computes them."""
+    return [run for position, run in enumerate(runs) if position % count == index]
+
+
+# ---------------------------------------------------------------------------------------------
+# The rows: the task's rows, their folds, the nested subsets.
+
+
+def task_rows(frame: pd.DataFrame, config: SweepConfig) -> pd.DataFrame:
+    """The rows the finetuning engine would use for this task, with its 0/1 ``target``; drawing
+    the subsets from these makes each fraction a fraction of the images that are trained on."""
+    rows, left_out = select_rows(frame, config.recipe(seed=0))
+    if rows.empty:
+        raise ValueError(f"{config.manifest}: no rows left for the {config.task} task (left out: {left_out})")
+    return rows
+
+
+def resolve_folds(folds: int | str, images: int) -> int:
+    if folds == "auto":
+        return AUTO_FOLDS if images < AUTO_FOLDS_BELOW_IMAGES else 0
+    return int(folds)
+
+
+def fold_bases(rows: pd.DataFrame, config: SweepConfig) -> dict[int | None, pd.DataFrame]:
+    """The complete manifest each fold's subsets are drawn from: with k folds, fold i's patients
+    are val and the other non-test patients train; without, the manifest's own splits, with
+    validation patients carved from train once (the same for every fraction) if it has none."""
+    data = config.finetune.data
+    k = resolve_folds(config.folds, len(rows))
+    if k:
+        return dict(enumerate(kfold(rows, k, seed=data.split_seed, stratify=config.stratify_by)))
+    if not (rows["split"] == "val").any():
+        rows = carve_validation(rows, data.val_fraction, seed=data.split_seed, stratify=config.stratify_by)
+    return {None: rows}
+
+
+def resolve_score_split(choice: str, rows: pd.DataFrame) -> str:
+    has_test = bool((rows["split"] == "test").any())
+    if choice == "auto":
+        return "test" if has_test else "val"
+    if choice == "test" and not has_test:
+        raise ValueError("score_split is test, but the task's rows have no test split; give one (vismae split) or set score_split=val")
+    return choice
+
+
+def subset_digest(rows: pd.DataFrame) -> str:
+    """What identifies a subset: its images and their splits."""
+    key = rows[["image_id", "split"]].sort_values("image_id").to_csv(index=False)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def prepare_subsets(folder: Path, base: pd.DataFrame, fractions, seed: int, stratify: str | None) -> dict[float, pd.DataFrame]:
+    """The nested subsets of one (seed, fold), saved under ``folder`` on first use and checked
+    against the saved ones afterwards, so that a sweep never mixes runs on different rows."""
+    record = folder / SPLITS_FILE
+    saved = json.loads(record.read_text()).get("digests", {}) if record.is_file() else {}
+    # Fractions saved earlier are drawn again too (each fraction's draw ignores the others), so a
+    # sweep extended by a fraction keeps the old subsets' files.
+    wanted = sorted({float(f) for f in fractions} | {float(f) for f in saved if f != "base"})
+    subsets = label_fractions(base, wanted, seed=seed, stratify=stratify)
+    digests = {"base": subset_digest(base), **{f"{f:g}": subset_digest(subset) for f, subset in subsets.items()}}
+    changed = sorted(key for key in saved.keys() & digests.keys() if saved[key] != digests[key])
+    if changed:
+        raise ValueError(
+            f"{folder}: the subsets drawn now differ from those saved ({', '.join(changed)}): the manifest or the row "
+            "selection changed since this sweep started; start a new sweep folder"
+        )
+    if saved.keys() != digests.keys():
+        # overwrite: shards starting together may both write; their files are identical.
+        settings = {"stratify": stratify, "digests": digests}
+        save_splits(folder, base, seed=seed, fractions=subsets, settings=settings, overwrite=True)
+    return {float(f): subsets[float(f)] for f in fractions}
+
+
+def labelled_budget(rows: pd.DataFrame) -> dict:
+    """The training images, patients and positives of a subset: what its labels cost."""
+    train = rows[rows["split"] == "train"]
+    return {"train_images": len(train), "train_patients": int(train["patient_id"].nunique()), "train_positives": int(train["target"].sum())}
+
+
+# ---------------------------------------------------------------------------------------------
+# The sweep folder.
+
+
+@dataclass
+class SweepPlan:
+    config: SweepConfig  # paths absolute
+    folder: Path
+    bases: dict[int | None, pd.DataFrame]
+    score_split: str
+    runs: list[RunSpec]
+
+    def to_dict(self) -> dict:
+        config = self.config
+        return {
+            "task": config.task,
+            "score_split": self.score_split,
+            "metrics": config.metric_names,
+            "baseline": config.baseline,
+            "inits": config.inits,
+            "fractions": sorted(config.fractions),
+            "seeds": config.seeds,
+            "folds": [fold for fold in self.bases],
+            "stratify": config.stratify,
+            "manifest": config.manifest,
+            "runs": [run.name for run in self.runs],
+        }
+
+
+def plan_sweep(config: SweepConfig) -> SweepPlan:
+    """Read the manifest and lay out every run, writing nothing."""
+    config = config.with_absolute_paths()
+    rows = task_rows(read_manifest(config.manifest), config)
+    bases = fold_bases(rows, config)
+    runs = plan_runs(config.inits, config.fractions, config.seeds, list(bases))
+    return SweepPlan(config, Path(config.output_dir), bases, resolve_score_split(config.score_split, rows), runs)
+
+
+def check_config(folder: Path, config: SweepConfig) -> None:
+    """Refuse to continue a sweep folder under a config that would change its finished runs;
+    extending it (more seeds, fractions or inits) is fine, and the saved config follows."""
+    saved_path = folder / CONFIG_FILE
+    new = to_dict(config)
+    if saved_path.is_file():
+        saved = read_yaml(saved_path)
+        old_inits, new_inits = saved.get("inits") or {}, config.inits
+        old_flat, new_flat, defaults = flatten(saved), flatten(new), flatten(to_dict(SweepConfig()))
+        changed = [
+            key
+            for key in differing_keys(saved, new)
+            if key not in NEUTRAL_KEYS
+            # An init added or dropped changes no other run; one whose weights changed does.
+            and not (key.startswith("inits.") and (key[6:] not in old_inits or key[6:] not in new_inits))
+            # A key that a newer vismae added, left at its default, changes nothing either.
+            and not (key not in old_flat and new_flat.get(key) == defaults.get(key))
+        ]
+        if changed:
+            raise ConfigError(f"{folder} holds a sweep with another config ({', '.join(changed)} differ); choose another output_dir")
+    write_text(saved_path, yaml.safe_dump(new, sort_keys=False))
+
+
+def run_state(run_dir: Path) -> str:
+    """done (result.json written), failed (error.txt only), unfinished (other files) or new."""
+    if (run_dir / RESULT_FILE).is_file():
+        return "done"
+    if (run_dir / ERROR_FILE).is_file():
+        return "failed"
+    return "unfinished" if run_dir.exists() else "new"
+
+
+def result_row(spec: RunSpec, source: str, rows: pd.DataFrame, metrics: Mapping, seconds: float) -> dict:
+    """One line of results.csv: the run, its labelled budget, and every metric of val and test
+    with its 95 % interval (``test_roc_auc``, ``test_roc_auc_low``, ``test_roc_auc_high``) and
+    what it was computed on (``test_n``, ``test_positives``, ``test_patients`` ...)."""
+    row = {"run": spec.name, "fraction": spec.fraction, "init": spec.init, "init_source": source, "seed": spec.seed,
+           "fold": spec.fold, **labelled_budget(rows), "best_epoch": metrics.get("best_epoch"),
+           "threshold": (metrics.get("threshold") or {}).get("threshold"), "seconds": round(seconds, 1)}  # fmt: skip
+    for split in ("val", "test"):
+        for name, value in (metrics.get(split) or {}).items():
+            if isinstance(value, Mapping) and "value" in value:
+                column = f"{split}_{name}"
+                row.update({column: value["value"], f"{column}_low": value.get("low"), f"{column}_high": value.get("high")})
+            elif isinstance(value, (int, float)) and name not in ("alpha", "threshold"):  # the threshold has its own column
+                row[f"{split}_{name}"] = value
+    return row
+
+
+def execute_run(spec: RunSpec, source: str, rows: pd.DataFrame, run_dir: Path, run_fn: RunFunction) -> dict:
+    """One run, or its saved result. A folder without the result is a run that stopped or
+    failed part way; what it holds cannot be trusted, so it is removed and the run redone."""
+    marker = run_dir / RESULT_FILE
+    if marker.is_file():
+        return json.loads(marker.read_text())
+    if run_dir.exists():
+        print(f"  {spec.name}: unfinished run folder ({run_state(run_dir)}); removing it and running again", flush=True)
+        shutil.rmtree(run_dir)
+    started = time.perf_counter()
+    metrics = run_fn(spec, rows, run_dir)
+    row = result_row(spec, source, rows, metrics, time.perf_counter() - started)
+    write_json(marker, row)  # last: the run is finished
+    return row
+
+
+@dataclass
+class SweepOutcome:
+    folder: Path
+    shard: tuple[int, int]
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # finished before this pass
+    failed: list[str] = field(default_factory=list)
+
+
+def run_sweep(config: SweepConfig, shard: tuple[int, int] = (0, 1), run_fn: RunFunction | None = None, report: bool = True) -> SweepOutcome:
+    """Run this shard's share of the sweep into ``config.output_dir`` (skipping finished runs),
+    then rebuild the report from every run finished so far, this shard's or others'.
+
+    ``run_fn`` trains one run (default: the finetuning engine). A run that raises is recorded
+    in its folder's error.txt and the sweep goes on; the next pass redoes it.
+    """
+    plan = plan_sweep(config)
+    config, folder = plan.config, plan.folder
+    check_config(folder, config)
+    write_json(folder / PLAN_FILE, plan.to_dict())
+    subsets = {}
+    for seed in config.seeds:
+        for fold, base in plan.bases.items():
+            key = subset_key(seed, fold)
+            subsets[key] = prepare_subsets(folder / SUBSETS_DIR / key, base, config.fractions, seed, config.stratify_by)
+
+    run_fn = run_fn or finetune_runner(config)
+    outcome = SweepOutcome(folder, shard)
+    mine = shard_runs(plan.runs, *shard)
+    print(f"sweep {folder}: {len(plan.runs)} runs, shard {shard[0]}/{shard[1]} takes {len(mine)}", flush=True)
+    for position, spec in enumerate(mine, start=1):
+        run_dir = folder / RUNS_DIR / spec.name
+        if run_state(run_dir) == "done":
+            outcome.skipped.append(spec.name)
+            continue
+        rows = subsets[spec.subsets][spec.fraction]
+        print(f"[{position}/{len(mine)}] {spec.name}: {labelled_budget(rows)['train_images']} training images", flush=True)
+        try:
+            row = execute_run(spec, config.inits[spec.init], rows, run_dir, run_fn)
+        except Exception as error:  # noqa: BLE001 -- one failed run must not stop the others
+            write_text(run_dir / ERROR_FILE, traceback.format_exc())
+            print(f"  {spec.name} failed: {type(error).__name__}: {error} (see {run_dir / ERROR_FILE})", flush=True)
+            outcome.failed.append(spec.name)
+            continue
+        score = row.get(f"{plan.score_split}_{config.metric_names[0]}")
+        score = f"{score:.3f}" if isinstance(score, (int, float)) else "undefined"
+        print(f"  {spec.name}: {plan.score_split} {config.metric_names[0]} {score} ({row['seconds']} s)", flush=True)
+        outcome.ran.append(spec.name)
+    if report:
+        build_report(folder)
+    return outcome
+
+
+def finetune_runner(config: SweepConfig) -> RunFunction:
+    """The real run: one ``finetune`` call with the run's encoder, rows, seed and folder."""
+    if PartialState().num_processes > 1:
+        raise ValueError("a sweep runs one process per shard: start one `vismae sweep --shard i/n` per device, not `accelerate launch`")
+    accelerator = make_accelerator(config.finetune.train.mixed_precision)
+
+    def run(spec: RunSpec, rows: pd.DataFrame, run_dir: Path) -> Mapping:
+        try:
+            return finetune(rows, config.inits[spec.init], config.task, config.recipe(spec.seed), run_dir, accelerator).metrics
+        finally:
+            accelerator.free_memory()  # the accelerator would otherwise keep every finished run's model alive
+
+    return run

@@ -1,0 +1,94 @@
+"""The ROI-aware paper's published results, as data, each with the table it comes from.
+
+Yoshitsugu, Kishimoto and Takemura, "Improving Benign and Malignant Classification in
+Mammography with ROI-Aware Deep Learning", Preprints.org, 2025,
+doi:10.20944/preprints2025071497.v1. Tables 5-8 give sensitivity, specificity, F-score and
+accuracy at two decimals, with no interval, no AUC and no n; the test sets' composition is in
+Tables 1 and 3. Column "without consideration of ROI mask image presence" is the paper's
+comparative procedure (2.2.4); "with consideration" is its ROI-stratified procedure (2.2.3),
+which routes test images by their annotations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CITATION = (
+    "Yoshitsugu K, Kishimoto K, Takemura T. Improving Benign and Malignant Classification in "
+    "Mammography with ROI-Aware Deep Learning. Preprints.org 2025. doi:10.20944/preprints2025071497.v1"
+)
+PUBLISHED_METRICS = ("sensitivity", "specificity", "f1", "accuracy")  # "F-score" in the paper
+
+
+@dataclass(frozen=True)
+class TestSet:
+    """A published test split: images and malignant images."""
+
+    table: int
+    n: int
+    positives: int
+
+
+@dataclass(frozen=True)
+class PublishedTable:
+    table: int
+    dataset: str  # vindr | cdd-cesm
+    model: str
+    caption: str  # as printed, typos included
+    comparative: dict[str, float]  # "without consideration of ROI mask image presence"
+    stratified: dict[str, float]  # "with consideration of ROI mask image presence"
+
+    @property
+    def source(self) -> str:
+        return f"Table {self.table} ({self.model})"
+
+
+def _row(sensitivity: float, specificity: float, f1: float, accuracy: float) -> dict[str, float]:
+    return dict(zip(PUBLISHED_METRICS, (sensitivity, specificity, f1, accuracy)))
+
+
+TEST_SETS = {
+    "vindr": TestSet(table=1, n=1318, positives=198),
+    "cdd-cesm": TestSet(table=3, n=62, positives=31),
+}
+
+TABLES = (
+    PublishedTable(5, "vindr", "Swin Transformer", "SwinTransformer / Vindr",
+                   comparative=_row(0.00, 1.00, 0.00, 0.85), stratified=_row(0.93, 0.87, 0.90, 0.87)),
+    PublishedTable(6, "vindr", "ConvNeXtV2", "ConvNeXt2 / Vindr",
+                   comparative=_row(0.00, 1.00, 0.00, 0.85), stratified=_row(0.90, 0.86, 0.88, 0.87)),
+    PublishedTable(7, "cdd-cesm", "Swin Transformer", "SwinTransformer / CDD-DESM",
+                   comparative=_row(0.29, 0.68, 0.41, 0.48), stratified=_row(0.65, 0.65, 0.65, 0.65)),
+    PublishedTable(8, "cdd-cesm", "ConvNeXtV2", "ConvNeXt2 / CDD-DESM",
+                   comparative=_row(0.65, 0.65, 0.65, 0.65), stratified=_row(0.74, 0.61, 0.67, 0.68)),
+)  # fmt: skip
+
+DATASETS = tuple(dict.fromkeys(table.dataset for table in TABLES))
+
+
+def published_for(dataset: str) -> list[PublishedTable]:
+    """The paper's tables for ``dataset``, Swin Transformer (the closest to our encoder) first."""
+    tables = [table for table in TABLES if table.dataset == dataset]
+    if not tables:
+        raise ValueError(f"the paper publishes no results for {dataset!r}; it has {', '.join(DATASETS)}")
+    return sorted(tables, key=lambda table: table.model != "Swin Transformer")
+
+
+def implied_f1(row: dict[str, float], test_set: TestSet) -> dict[str, float]:
+    """The F1 that a published sensitivity and specificity give on the published test set:
+    binary (malignant as positive, the usual meaning and ours) and support-weighted over both
+    classes. The paper does not say which F-score it reports, and its numbers do not always
+    match the binary one (Table 5: sensitivity 0.93 and specificity 0.87 on 198 of 1,318
+    malignant give a binary F1 near 0.70, not 0.90), so the report shows both.
+    """
+    positives, negatives = test_set.positives, test_set.n - test_set.positives
+    tp = row["sensitivity"] * positives
+    tn = row["specificity"] * negatives
+    fn, fp = positives - tp, negatives - tn
+
+    def f1(hits: float, false_alarms: float, misses: float) -> float:
+        denominator = 2 * hits + false_alarms + misses
+        return 2 * hits / denominator if denominator else float("nan")
+
+    malignant, benign = f1(tp, fp, fn), f1(tn, fn, fp)
+    return {"binary": malignant, "weighted": (malignant * positives + benign * negatives) / test_set.n}

@@ -1,0 +1,145 @@
+"""The ROI-aware report as markdown: the tables of ``roi_report``'s JSON, numbers at three
+decimals with their 95 % intervals, procedures that read test annotations flagged in every row."""
+
+from __future__ import annotations
+
+import math
+
+from vismae.data.manifest import VIEW_NAMES
+from vismae.experiments.roi_rules import ANNOTATION_WARNING
+from vismae.metrics import CLASSIFICATION_METRICS
+
+METRIC_TITLES = {"sensitivity": "Sensitivity", "specificity": "Specificity", "f1": "F1", "accuracy": "Accuracy",
+                 "roc_auc": "ROC AUC", "pr_auc": "PR AUC"}  # fmt: skip
+
+
+def fmt(value) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+def fmt_interval(entry: dict) -> str:
+    """``0.930 (0.880-0.960)``: the value and its 95 % interval."""
+    if math.isnan(entry["value"]):
+        return "n/a"
+    return f"{fmt(entry['value'])} ({fmt(entry['low'])}-{fmt(entry['high'])})"
+
+
+def fmt_spread(stats: dict) -> str:
+    """``0.930 ± 0.010 (0.920-0.940)``: mean ± standard deviation (min-max) across seeds."""
+    if math.isnan(stats["mean"]):
+        return "n/a"
+    return f"{fmt(stats['mean'])} ± {fmt(stats['std'])} ({fmt(stats['min'])}-{fmt(stats['max'])})"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def results_table(results: list[dict]) -> str:
+    header = ["Seed", "Procedure", "Scope", "n", "Positives"] + [METRIC_TITLES[m] for m in CLASSIFICATION_METRICS]
+    rows = [
+        [row["seed"], row["title"], row["scope"], row["n"], row["positives"]]
+        + [fmt_interval(row["metrics"][m]) for m in CLASSIFICATION_METRICS]
+        for row in results
+    ]
+    return _table(header, rows)
+
+
+def summary_table(summary: list[dict]) -> str:
+    header = ["Procedure", "Scope", "Seeds"] + [METRIC_TITLES[m] for m in CLASSIFICATION_METRICS]
+    rows = [
+        [row["title"], row["scope"], len(row["seeds"])] + [fmt_spread(row["metrics"][m]) for m in CLASSIFICATION_METRICS]
+        for row in summary
+    ]
+    return _table(header, rows)
+
+
+def comparison_table(comparison: dict) -> str:
+    header = ["Source", "Procedure"] + [METRIC_TITLES[m] for m in CLASSIFICATION_METRICS] + ["F1 implied (binary / weighted)"]
+    rows = []
+    for entry in comparison["published"] + comparison["ours"]:
+        metrics = entry["metrics"]
+        implied = entry.get("implied_f1")
+        rows.append(
+            [entry["source"], entry["title"]]
+            + [fmt(metrics.get(m)) if m in metrics else "not reported" for m in CLASSIFICATION_METRICS]
+            + [f"{fmt(implied['binary'])} / {fmt(implied['weighted'])}" if implied else ""]
+        )
+    return _table(header, rows)
+
+
+def groups_table(groups: list[dict]) -> str:
+    header = ["Group", "Training images", "Training malignant", "Validation images", "Validation malignant", "Served by", "Why"]
+    rows = [
+        [g["group"], g["train_images"], g["train_positives"], g["val_images"], g["val_positives"],
+         g["model"] + (f" (constant {fmt(g['prevalence'])})" if g["rule"] == "constant" else ""), g["reason"] or "trained alone"]
+        for g in groups
+    ]  # fmt: skip
+    return _table(header, rows)
+
+
+def composition_lines(data: dict) -> list[str]:
+    lines = []
+    for split in ("train", "val", "test"):
+        if split not in data:
+            continue
+        part = data[split]
+        with_roi, without = part["with_roi"], part["without_roi"]
+        lines.append(
+            f"- {split}: {part['images']} images of {part['patients']} patients, {part['malignant']} malignant; "
+            f"with ROI {with_roi['images']} (P(malignant) = {fmt(with_roi['p_malignant'])}), "
+            f"without ROI {without['images']} (P(malignant) = {fmt(without['p_malignant'])})"
+        )
+    return lines
+
+
+def router_lines(routers: dict) -> list[str]:
+    return [
+        f"- seed {seed}: {router['kind']}, ROI present where its score >= {router['threshold']:.4g} "
+        f"(threshold chosen on {router['chosen_on']})"
+        for seed, router in routers.items()
+    ]
+
+
+def markdown(report: dict) -> str:
+    experiment = report["experiment"]
+    results, summary = report["results"], report["summary"]
+    by_task = lambda rows, task: [row for row in rows if row["task"] == task]  # noqa: E731
+    by_scope = lambda rows, scopes: [row for row in rows if row["scope"] in scopes]  # noqa: E731
+    parts = [
+        "# ROI-aware benign/malignant classification",
+        f"Manifest `{experiment['manifest']}`, encoder `{experiment['init']}`, seeds {experiment['seeds']}, "
+        f"router: {experiment['router']}, small groups: {experiment['small_groups']}.",
+        f"Procedures marked [{ANNOTATION_WARNING}] route or score each test image by its annotated ROI: "
+        "a deployed model never has that information. The deployable procedure routes by a model trained "
+        "on the training split. Threshold metrics count each image's decision at the threshold of the model "
+        "that scored it; AUCs rank the merged scores. Intervals: patient-level bootstrap, 95 %.",
+        "## The data before any model",
+        "\n".join(composition_lines(report["data"])),
+    ]
+    if report.get("paper"):
+        comparison = report["paper"]
+        published = comparison["published_test_set"]
+        parts += [
+            "## Beside the paper (merged test set)",
+            f"{comparison['citation']}. Published test set (Table {published['table']}): {published['n']} images, "
+            f"{published['positives']} malignant. The paper reports no intervals and no AUC; the last column is the "
+            "F1 its own sensitivity and specificity imply on its test set (binary and support-weighted).",
+            comparison_table(comparison),
+        ]
+    for title, scopes in (("Merged test set", ("merged",)), ("Per view", VIEW_NAMES)):
+        parts += [f"## {title}", results_table(by_scope(by_task(results, "malignancy"), scopes))]
+        if summary:
+            parts += ["Across seeds, mean ± sd (min-max):", summary_table(by_scope(by_task(summary, "malignancy"), scopes))]
+    parts += [
+        "## Router (ROI presence on the test set)",
+        "\n".join(router_lines(report["routers"])),
+        "Routing accuracy is the accuracy column; scored against the test annotations after routing.",
+        results_table(by_task(results, "roi_presence")),
+    ]
+    if summary:
+        parts += ["Across seeds, mean ± sd (min-max):", summary_table(by_task(summary, "roi_presence"))]
+    parts += ["## Groups and the small-group rule", groups_table(report["groups"])]
+    return "\n\n".join(parts) + "\n"

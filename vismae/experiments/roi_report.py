@@ -1,0 +1,262 @@
+"""The ROI-aware report: every procedure's test metrics, merged and per view, with patient-level
+95 % intervals, beside the paper's published numbers; as markdown, CSV, JSON and a ROC plot.
+
+Built from the experiment folder alone (each seed's predictions.csv and outcome.json and the
+folder's data.json), so it can be rebuilt at any time without training.
+
+Threshold metrics (sensitivity, specificity, F1, accuracy) count each image's decision, made
+at the threshold of the model that scored it; ranking metrics (ROC AUC, PR AUC) rank the
+scores themselves, pooled across the models a procedure merges, as the paper merges them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from vismae.data.manifest import VIEW_NAMES
+from vismae.experiments import paper_numbers
+from vismae.experiments.roi_aware import OUTCOME_FILE, PREDICTIONS_FILE, seed_dir
+from vismae.experiments.roi_config import RoiAwareConfig
+from vismae.experiments.roi_markdown import markdown
+from vismae.experiments.roi_rules import PROCEDURES, procedure_label
+from vismae.io import atomic_path, write_json, write_text
+from vismae.metrics import CLASSIFICATION_METRICS, metrics_with_ci, summarize_folds
+
+THRESHOLD_METRICS = ("sensitivity", "specificity", "f1", "accuracy")
+RANKING_METRICS = ("roc_auc", "pr_auc")
+SCOPES = ("merged",) + VIEW_NAMES
+REPORT_DIR = "report"
+DATA_FILE = "data.json"
+BOOTSTRAP_SEED = 0
+
+
+# ---------------------------------------------------------------------------------------------
+# What the data say before any model: the composition of the splits.
+
+
+def composition(frame: pd.DataFrame) -> dict:
+    """Images and malignant images per split and ROI presence, and P(malignant | ROI presence):
+    how much the annotations alone tell about the label."""
+    out = {}
+    for split, rows in frame.groupby("split"):
+        part = {"images": len(rows), "malignant": int(rows["target"].sum()), "patients": int(rows["patient_id"].nunique())}
+        for has_roi, name in ((True, "with_roi"), (False, "without_roi")):
+            stratum = rows[rows["has_roi"] == has_roi]
+            malignant = int(stratum["target"].sum())
+            part[name] = {
+                "images": len(stratum),
+                "malignant": malignant,
+                "p_malignant": malignant / len(stratum) if len(stratum) else math.nan,
+            }
+        out[str(split)] = part
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics.
+
+
+def scored_metrics(table: pd.DataFrame, n_boot: int) -> dict:
+    """Metrics of one procedure's predictions: threshold metrics from ``decision``, ranking
+    metrics from ``score``, each with a patient-level bootstrap 95 % interval. Both use the
+    same patient resamples (same patients, same seed)."""
+    target, patients = table["target"].to_numpy(), table["patient_id"].to_numpy()
+    decided = metrics_with_ci(target, table["decision"].to_numpy(dtype=float), patients, 0.5, n_boot, BOOTSTRAP_SEED)
+    ranked = metrics_with_ci(target, table["score"].to_numpy(dtype=float), patients, 0.5, n_boot, BOOTSTRAP_SEED)
+    metrics = {name: _interval(decided[name]) for name in THRESHOLD_METRICS}
+    metrics.update({name: _interval(ranked[name]) for name in RANKING_METRICS})
+    return {"n": decided["n"], "positives": decided["positives"], "patients": decided["patients"], "metrics": metrics}
+
+
+def _interval(entry: dict) -> dict:
+    return {"value": float(entry["value"]), "low": float(entry["low"]), "high": float(entry["high"])}
+
+
+def result_rows(predictions: pd.DataFrame, n_boot: int) -> list[dict]:
+    """One entry per seed, procedure and scope (merged, then each view)."""
+    rows = []
+    for seed, procedure in itertools.product(sorted(predictions["seed"].unique()), PROCEDURES):
+        table = predictions[(predictions["seed"] == seed) & (predictions["procedure"] == procedure)]
+        for scope in SCOPES:
+            part = table if scope == "merged" else table[table["view_name"] == scope]
+            if part.empty:
+                continue
+            rows.append(
+                {
+                    "seed": int(seed),
+                    "procedure": procedure,
+                    "title": procedure_label(procedure),
+                    "uses_test_annotations": PROCEDURES[procedure].uses_test_annotations,
+                    "task": PROCEDURES[procedure].task,
+                    "scope": scope,
+                    **scored_metrics(part, n_boot),
+                }
+            )
+    return rows
+
+
+def seed_summary(results: list[dict]) -> list[dict]:
+    """Mean, standard deviation, min and max of each metric across seeds."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in results:
+        groups.setdefault((row["procedure"], row["scope"]), []).append(row)
+    summary = []
+    for (procedure, scope), rows in groups.items():
+        stats = summarize_folds([row["metrics"] for row in rows])
+        summary.append(
+            {
+                "procedure": procedure,
+                "title": procedure_label(procedure),
+                "uses_test_annotations": PROCEDURES[procedure].uses_test_annotations,
+                "task": PROCEDURES[procedure].task,
+                "scope": scope,
+                "seeds": [row["seed"] for row in rows],
+                "metrics": {name: stats[name] for name in CLASSIFICATION_METRICS if name in stats},
+            }
+        )
+    return summary
+
+
+def flat_row(row: dict) -> dict:
+    """A result entry as one CSV row: ``metric``, ``metric_low``, ``metric_high`` columns."""
+    flat = {key: value for key, value in row.items() if key != "metrics"}
+    for name, entry in row["metrics"].items():
+        for part, value in entry.items():
+            flat[name if part == "value" else f"{name}_{part}"] = value
+    return flat
+
+
+# ---------------------------------------------------------------------------------------------
+# Beside the paper.
+
+
+def paper_comparison(dataset: str | None, results: list[dict], summary: list[dict]) -> dict | None:
+    """The paper's tables for the dataset, and ours on the merged test set (the mean across
+    seeds when there are several) for the procedures they correspond to."""
+    if dataset is None:
+        return None
+    test_set = paper_numbers.TEST_SETS[dataset]
+    published = []
+    for table in paper_numbers.published_for(dataset):
+        for column, procedure in (("comparative", "comparative"), ("stratified", "annotated")):
+            numbers = getattr(table, column)
+            published.append(
+                {
+                    "source": f"paper, {table.source}",
+                    "table": table.table,
+                    "model": table.model,
+                    "procedure": procedure,
+                    "title": procedure_label(procedure),
+                    "uses_test_annotations": PROCEDURES[procedure].uses_test_annotations,
+                    "metrics": dict(numbers),
+                    "implied_f1": paper_numbers.implied_f1(numbers, test_set),
+                }
+            )
+    several = len({row["seed"] for row in results}) > 1
+    ours = []
+    for name in ("comparative", "annotated", "annotation_only", "deployable"):
+        if several:
+            entry = next((row for row in summary if row["procedure"] == name and row["scope"] == "merged"), None)
+            metrics = {metric: stats["mean"] for metric, stats in entry["metrics"].items()} if entry else None
+        else:
+            entry = next((row for row in results if row["procedure"] == name and row["scope"] == "merged"), None)
+            metrics = {metric: value["value"] for metric, value in entry["metrics"].items()} if entry else None
+        if metrics is not None:
+            ours.append(
+                {"source": "ours" + (" (mean across seeds)" if several else ""), "procedure": name, "title": procedure_label(name),
+                 "uses_test_annotations": PROCEDURES[name].uses_test_annotations, "metrics": metrics}
+            )  # fmt: skip
+    return {
+        "dataset": dataset,
+        "citation": paper_numbers.CITATION,
+        "published_test_set": {"table": test_set.table, "n": test_set.n, "positives": test_set.positives},
+        "published": published,
+        "ours": ours,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The report.
+
+
+def load_predictions(config: RoiAwareConfig) -> tuple[pd.DataFrame, list[dict]]:
+    tables, outcomes = [], []
+    for seed in config.seeds:
+        folder = seed_dir(config.output_dir, seed)
+        if not (folder / PREDICTIONS_FILE).is_file():
+            raise FileNotFoundError(f"{folder / PREDICTIONS_FILE}: no predictions for seed {seed}; run the experiment first")
+        tables.append(pd.read_csv(folder / PREDICTIONS_FILE, dtype={"image_id": str, "patient_id": str}))
+        outcomes.append(json.loads((folder / OUTCOME_FILE).read_text()))
+    return pd.concat(tables, ignore_index=True), outcomes
+
+
+def build_report(config: RoiAwareConfig) -> Path:
+    """Write report/{results.md, results.csv, results.json, roc.png} (and summary.csv with
+    several seeds, paper_comparison.csv with a paper dataset); return the folder."""
+    from vismae.experiments.roi_plot import plot_roc
+
+    out = Path(config.output_dir)
+    predictions, outcomes = load_predictions(config)
+    results = result_rows(predictions, config.finetune.eval.n_boot)
+    summary = seed_summary(results) if len(config.seeds) > 1 else []
+    report = {
+        "experiment": {
+            "manifest": config.manifest,
+            "init": config.init,
+            "seeds": list(config.seeds),
+            "router": config.router.kind,
+            "small_groups": dataclasses.asdict(config.small_groups),
+            "n_boot": config.finetune.eval.n_boot,
+        },
+        "procedures": {name: {"title": procedure_label(name), "uses_test_annotations": p.uses_test_annotations, "task": p.task}
+                       for name, p in PROCEDURES.items()},  # fmt: skip
+        "data": json.loads((out / DATA_FILE).read_text()),
+        "groups": outcomes[0]["groups"],  # the plan depends on the data alone: the same for every seed
+        "routers": {str(outcome["seed"]): outcome["router"] for outcome in outcomes},
+        "results": results,
+        "summary": summary,
+        "paper": paper_comparison(config.paper, results, summary),
+    }
+    folder = out / REPORT_DIR
+    write_json(folder / "results.json", json_safe(report))
+    write_csv(pd.DataFrame([flat_row(row) for row in results]), folder / "results.csv")
+    if summary:
+        write_csv(pd.DataFrame([_flat_summary(row, metric) for row in summary for metric in row["metrics"]]), folder / "summary.csv")
+    if report["paper"]:
+        entries = report["paper"]["published"] + report["paper"]["ours"]
+        flat = [{**_without(entry, "metrics", "implied_f1"), **entry["metrics"]} for entry in entries]
+        write_csv(pd.DataFrame(flat), folder / "paper_comparison.csv")
+    write_text(folder / "results.md", markdown(report))
+    plot_roc(predictions, folder / "roc.png")
+    return folder
+
+
+def json_safe(value):
+    """``value`` with every NaN (an undefined metric) as None, so the file is strict JSON: null."""
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [json_safe(item) for item in value]
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def _flat_summary(row: dict, metric: str) -> dict:
+    return {**_without(row, "metrics", "seeds"), "seeds": len(row["seeds"]), "metric": metric, **row["metrics"][metric]}
+
+
+def _without(entry: dict, *keys: str) -> dict:
+    return {key: value for key, value in entry.items() if key not in keys}
+
+
+def write_csv(table: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as temporary:
+        table.to_csv(temporary, index=False)
+

@@ -1,0 +1,361 @@
+"""The label-efficiency report, rebuilt from a sweep folder at any time, finished or partial:
+
+    SWEEP/results.csv                   one row per finished run
+    SWEEP/report/curves.csv             per metric, init and fraction: runs, mean, std, min, max
+    SWEEP/report/label_efficiency.png   the curves: metric vs labelled fraction, one line per init
+    SWEEP/report/labels_saved.csv       per metric and init: where it reaches the bar
+    SWEEP/report/summary.md             the tables, the labels-saved lines, what is missing
+
+Labels saved. The *bar* is the baseline init's (random init's) mean score with 100 % of the
+labels. An init *reaches* the bar at the smallest fraction f from which on (at f and at every
+larger fraction of the sweep) its mean score is at least the bar: a curve that touches the bar
+by chance at 10 % and falls below it at 25 % has not reached it at 10 %. The labels saved are
+1 - f. The *range* around f repeats the rule on the spread over seeds and folds: its low end
+compares each fraction's best run with the baseline's worst full-data run, its high end each
+fraction's worst run with the baseline's best, so from the high end on every run of the init
+scores at least every full-data baseline run. It is a range over runs, not a confidence interval.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from vismae.io import atomic_path, write_text  # noqa: E402
+
+PLAN_FILE = "plan.json"
+RUNS_DIR = "runs"
+RESULT_FILE = "result.json"
+ERROR_FILE = "error.txt"
+RESULTS_FILE = "results.csv"
+REPORT_DIR = "report"
+PLOT_FILE = "label_efficiency.png"
+CURVES_FILE = "curves.csv"
+SAVED_FILE = "labels_saved.csv"
+SUMMARY_FILE = "summary.md"
+FULL = 1.0
+SPREAD = "line: mean over seeds and folds; band: min to max over them"
+CURVE_COLUMNS = ["metric", "split", "init", "fraction", "runs", "mean", "std", "min", "max", "train_images", "train_patients"]
+SAVED_COLUMNS = ["metric", "init", "bar", "bar_low", "bar_high", "bar_runs", "reached", "labels_saved", "range_low", "range_high",
+                 "statement"]  # fmt: skip
+# The module docstring's definition, as the report states it.
+LABELS_SAVED_DEFINITION = (
+    "the bar is the baseline's mean score with 100 % of the labels. An init reaches it at the smallest "
+    "fraction f from which on (at f and every larger fraction) its mean score is at least the bar; it saves "
+    "1 - f of the labels. The range repeats the rule with each fraction's best run against the baseline's "
+    "worst full-data run (low end) and its worst run against the baseline's best (high end): a range over "
+    "seeds and folds, not a confidence interval."
+)
+
+
+def percent(fraction: float) -> str:
+    return f"{100 * fraction:g} %"
+
+
+def runs_text(low: int, high: int | None = None) -> str:
+    """"1 run", "3 runs", "2-3 runs"."""
+    high = low if high is None else high
+    return f"{low} run" if high == 1 else f"{low} runs" if low == high else f"{low}-{high} runs"
+
+
+# ---------------------------------------------------------------------------------------------
+# Results and curves.
+
+
+def read_plan(folder: Path) -> dict:
+    path = Path(folder) / PLAN_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file; is {folder} a sweep folder (made by `vismae sweep`)?")
+    return json.loads(path.read_text())
+
+
+def collect_results(folder: Path, plan: dict) -> pd.DataFrame:
+    """One row per finished run (its result.json), in the plan's order; runs the plan no longer
+    names (an init or fraction dropped from the config) come last."""
+    rows = [json.loads(path.read_text()) for path in sorted((Path(folder) / RUNS_DIR).glob(f"*/{RESULT_FILE}"))]
+    if not rows:
+        return pd.DataFrame(columns=["run", "fraction", "init", "seed", "fold", "train_images", "train_patients"])
+    order = {name: index for index, name in enumerate(plan["runs"])}
+    results = pd.DataFrame(rows)
+    results["fold"] = results["fold"].astype("Int64")
+    position = results["run"].map(order).fillna(len(order))
+    return results.assign(_order=position).sort_values(["_order", "run"]).drop(columns="_order").reset_index(drop=True)
+
+
+def aggregate(results: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Per (init, fraction): how many runs have ``column`` defined, its mean, std (n - 1), min
+    and max over them, and the mean labelled budget (training images and patients)."""
+    defined = results.dropna(subset=[column])
+    grouped = defined.groupby(["init", "fraction"], sort=False)
+    table = grouped[column].agg(runs="count", mean="mean", std="std", min="min", max="max")
+    budget = grouped[["train_images", "train_patients"]].mean()
+    return table.join(budget).reset_index().sort_values(["init", "fraction"], kind="stable").reset_index(drop=True)
+
+
+def init_order(plan: dict, results: pd.DataFrame) -> list[str]:
+    planned = list(plan["inits"])
+    return planned + sorted(set(results["init"]) - set(planned))
+
+
+def build_curves(results: pd.DataFrame, plan: dict) -> pd.DataFrame:
+    """The data behind the plot: ``aggregate`` of every metric on the scored split."""
+    split = plan["score_split"]
+    parts = []
+    for metric in plan["metrics"]:
+        column = f"{split}_{metric}"
+        if column in results.columns:
+            parts.append(aggregate(results, column).assign(metric=metric, split=split))
+    if not parts:
+        return pd.DataFrame(columns=CURVE_COLUMNS)
+    table = pd.concat(parts, ignore_index=True)
+    rank = {init: index for index, init in enumerate(init_order(plan, results))}
+    table = table.assign(_rank=table["init"].map(rank)).sort_values(["metric", "_rank", "fraction"], kind="stable")
+    return table[CURVE_COLUMNS].reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Labels saved.
+
+
+@dataclass
+class Bar:
+    """The baseline's full-data score: the mean over its runs, and their min and max."""
+
+    init: str
+    value: float
+    low: float
+    high: float
+    runs: int
+
+
+@dataclass
+class Reach:
+    init: str
+    reached: float | None  # the mean reaches the bar from this fraction on; None: not reached
+    range_low: float | None  # the best runs reach the baseline's worst from here on
+    range_high: float | None  # the worst runs reach the baseline's best from here on
+
+    @property
+    def saved(self) -> float | None:
+        return None if self.reached is None else 1.0 - self.reached
+
+    def describe(self, bar: Bar) -> str:
+        target = f"{bar.init}'s 100 % score"
+        if self.range_low is None:
+            return f"{self.init}: does not reach {target}, not even with its best runs"
+        high = percent(self.range_high) if self.range_high is not None else "not reached by its worst runs"
+        spread = f"range over runs {percent(self.range_low)} to {high}"
+        if self.reached is None:
+            return f"{self.init}: does not reach {target} on average ({spread})"
+        return f"{self.init}: reaches {target} with {percent(self.reached)} of the labels, saving {percent(self.saved)} ({spread})"
+
+
+def reached_from(fractions, scores, bar: float) -> float | None:
+    """The smallest fraction from which on (it and every larger one) the score is >= ``bar``."""
+    reached = None
+    for fraction, score in sorted(zip(fractions, scores), reverse=True):
+        if math.isnan(score) or score < bar:
+            break
+        reached = fraction
+    return reached
+
+
+def labels_saved(curve: pd.DataFrame, baseline: str, inits: list[str]) -> tuple[Bar | None, list[Reach]]:
+    """The bar and each other init's reach on one metric's curve (columns init, fraction, mean,
+    min, max). No bar (None, []) until a baseline run with 100 % of the labels has finished."""
+    full = curve[(curve["init"] == baseline) & (curve["fraction"] == FULL)]
+    if full.empty:
+        return None, []
+    full = full.iloc[0]
+    bar = Bar(baseline, float(full["mean"]), float(full["min"]), float(full["max"]), int(full["runs"]))
+    reaches = []
+    for init in inits:
+        part = curve[curve["init"] == init]
+        if part.empty or init == baseline:
+            continue
+        fractions = part["fraction"].tolist()
+        reaches.append(
+            Reach(
+                init,
+                reached_from(fractions, part["mean"], bar.value),
+                reached_from(fractions, part["max"], bar.low),
+                reached_from(fractions, part["min"], bar.high),
+            )
+        )
+    return bar, reaches
+
+
+def saved_table(curves: pd.DataFrame, plan: dict, inits: list[str]) -> tuple[pd.DataFrame, dict]:
+    """labels_saved.csv, and per metric the (bar, reaches) the summary states."""
+    rows, found = [], {}
+    for metric in plan["metrics"]:
+        bar, reaches = labels_saved(curves[curves["metric"] == metric], plan["baseline"], inits)
+        found[metric] = (bar, reaches)
+        for reach in reaches:
+            rows.append({"metric": metric, "init": reach.init, "bar": bar.value, "bar_low": bar.low, "bar_high": bar.high,
+                         "bar_runs": bar.runs, "reached": reach.reached, "labels_saved": reach.saved,
+                         "range_low": reach.range_low, "range_high": reach.range_high, "statement": reach.describe(bar)})  # fmt: skip
+    return pd.DataFrame(rows, columns=SAVED_COLUMNS), found
+
+
+# ---------------------------------------------------------------------------------------------
+# The plot.
+
+
+def plot_curves(curves: pd.DataFrame, plan: dict, inits: list[str], bars: dict, path: Path, note: str = "") -> Path:
+    """One panel per metric: mean score vs labelled fraction (log axis), one line per init, its
+    min-max band over seeds and folds, the bar as a dashed line."""
+    metrics = [metric for metric in plan["metrics"] if (curves["metric"] == metric).any()]
+    figure, axes = plt.subplots(1, max(1, len(metrics)), figsize=(5.5 * max(1, len(metrics)), 4.5), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fractions = sorted(set(curves["fraction"]) | set(plan["fractions"]))
+    for axes_, metric in zip(axes[0], metrics):
+        table = curves[curves["metric"] == metric]
+        for index, init in enumerate(inits):
+            part = table[table["init"] == init].sort_values("fraction")
+            if part.empty:
+                continue
+            color = colors[index % len(colors)]
+            runs = runs_text(int(part["runs"].min()), int(part["runs"].max()))
+            axes_.plot(part["fraction"], part["mean"], marker="o", color=color, label=f"{init} ({runs} per point)")
+            axes_.fill_between(part["fraction"], part["min"], part["max"], color=color, alpha=0.18, linewidth=0)
+        bar = bars.get(metric, (None, []))[0]
+        if bar is not None:
+            axes_.axhline(bar.value, color="grey", linestyle="--", linewidth=1, label=f"bar: {bar.init} at 100 % ({bar.value:.3f})")
+        axes_.set_xscale("log")
+        axes_.set_xticks(fractions, [percent(f) for f in fractions])
+        axes_.minorticks_off()
+        axes_.set_xlabel("labelled training patients")
+        axes_.set_ylabel(f"{metric} ({plan['score_split']})")
+        axes_.grid(alpha=0.3)
+        axes_.legend(fontsize=7, loc="lower right")
+    figure.suptitle(f"Label efficiency, {plan['task']}: {SPREAD}" + (f"\n{note}" if note else ""), fontsize=9)
+    figure.tight_layout()
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=120)
+    plt.close(figure)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# The summary.
+
+
+def progress(folder: Path, plan: dict, results: pd.DataFrame) -> tuple[str, bool]:
+    """(one line on how much of the plan has finished, whether the sweep is partial)."""
+    finished = set(results["run"])
+    planned = plan["runs"]
+    failed = [name for name in planned if name not in finished and (Path(folder) / RUNS_DIR / name / ERROR_FILE).is_file()]
+    missing = [name for name in planned if name not in finished]
+    if not missing:
+        return f"Complete: all {len(planned)} planned runs finished.", False
+    line = f"PARTIAL: {len(planned) - len(missing)} of {len(planned)} planned runs finished"
+    if failed:
+        named = ", ".join(failed[:5]) + (" ..." if len(failed) > 5 else "")
+        line += f"; {len(failed)} failed (their error.txt says why; a rerun redoes them: {named})"
+    line += f"; {len(missing) - len(failed)} not run yet. Every number below uses the finished runs only."
+    return line, True
+
+
+def _cell(row) -> str:
+    spread = f" ± {row['std']:.3f}" if row["runs"] > 1 else ""
+    return f"{row['mean']:.3f}{spread} [{row['min']:.3f}, {row['max']:.3f}] ({row['runs']})"
+
+
+def metric_table(curve: pd.DataFrame, inits: list[str]) -> str:
+    """Markdown: one row per init, one column per fraction (with its labelled budget)."""
+    fractions = sorted(set(curve["fraction"]))
+    budget = curve.groupby("fraction")["train_images"].mean()
+    header = ["init"] + [f"{percent(f)} (~{budget[f]:.0f} images)" for f in fractions]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for init in inits:
+        part = curve[curve["init"] == init].set_index("fraction")
+        if part.empty:
+            continue
+        cells = [_cell(part.loc[f]) if f in part.index else "-" for f in fractions]
+        lines.append("| " + " | ".join([init] + cells) + " |")
+    return "\n".join(lines)
+
+
+def scored_on(plan: dict, results: pd.DataFrame) -> str:
+    split = plan["score_split"]
+    named = ((f"{split}_n", "images"), (f"{split}_positives", "positives"), (f"{split}_with_roi", "with an ROI"))
+    # Stated when every run was scored on the same images (always so for the test split).
+    counts = [
+        f"{results[column].iloc[0]:.0f} {name}" for column, name in named if column in results.columns and results[column].nunique() == 1
+    ]
+    where = f"the {split} split" + (f" ({', '.join(counts)})" if counts else "")
+    if split == "val" and any(fold is not None for fold in plan["folds"]):
+        where += ": each fold's held-out patients, which also chose the epoch, so the scores lean optimistic"
+    return where
+
+
+def summary_markdown(folder: Path, plan: dict, results: pd.DataFrame, curves: pd.DataFrame, found: dict, inits: list[str]) -> str:
+    status, _ = progress(folder, plan, results)
+    folds = [fold for fold in plan["folds"] if fold is not None]
+    lines = [
+        f"# Label efficiency: {plan['task']}",
+        "",
+        status,
+        "",
+        f"Manifest {plan['manifest']}; inits {', '.join(f'{name} ({source})' for name, source in plan['inits'].items())}; "
+        f"seeds {plan['seeds']}; {f'{len(folds)}-fold cross-validation' if folds else 'no cross-validation'}. "
+        f"Scores on {scored_on(plan, results)}. Fractions are of the training patients, drawn nested"
+        f"{' and stratified by label' if plan.get('stratify', 'label') == 'label' else ''}; "
+        "validation and test rows do not change with the fraction.",
+        "",
+        f"Cells: mean ± std [min, max] (runs) over seeds and folds. Plot: {PLOT_FILE} ({SPREAD}); its data: {CURVES_FILE}.",
+    ]
+    for metric in plan["metrics"]:
+        curve = curves[curves["metric"] == metric]
+        if curve.empty:
+            continue
+        lines += ["", f"## {metric}", "", metric_table(curve, inits), ""]
+        bar, reaches = found.get(metric, (None, []))
+        if bar is None:
+            lines.append(f"Labels saved: no bar yet ({plan['baseline']} has no finished run with 100 % of the labels).")
+            continue
+        spread = f"range {bar.low:.3f} to {bar.high:.3f}, {runs_text(bar.runs)}"
+        lines.append(f"Labels saved, against the bar {bar.init} at 100 %: {bar.value:.3f} ({spread}).")
+        lines.append("")
+        lines += [f"- {reach.describe(bar)}" for reach in reaches] or ["- no other init to compare with the bar"]
+    lines += ["", f"How labels saved are defined: {LABELS_SAVED_DEFINITION}"]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def build_report(folder: str | Path) -> Path:
+    """results.csv and report/ from every finished run of the sweep in ``folder``."""
+    folder = Path(folder)
+    plan = read_plan(folder)
+    results = collect_results(folder, plan)
+    with atomic_path(folder / RESULTS_FILE) as temporary:
+        results.to_csv(temporary, index=False)
+    out = folder / REPORT_DIR
+    out.mkdir(exist_ok=True)
+    inits = init_order(plan, results)
+    curves = build_curves(results, plan)
+    with atomic_path(out / CURVES_FILE) as temporary:
+        curves.to_csv(temporary, index=False)
+    saved, found = saved_table(curves, plan, inits)
+    with atomic_path(out / SAVED_FILE) as temporary:
+        saved.to_csv(temporary, index=False)
+    _, partial = progress(folder, plan, results)
+    if curves.empty:
+        (out / PLOT_FILE).unlink(missing_ok=True)  # no finished run: no curve, and no stale one
+    else:
+        finished = len(set(plan["runs"]) & set(results["run"]))
+        note = f"PARTIAL: {finished} of {len(plan['runs'])} planned runs finished" if partial else ""
+        plot_curves(curves, plan, inits, found, out / PLOT_FILE, note=note)
+    write_text(out / SUMMARY_FILE, summary_markdown(folder, plan, results, curves, found, inits))
+    return out
