@@ -1,0 +1,454 @@
+"""Swin MAE pretraining on Accelerate: the wiring. ``run(config)`` builds the data, model and
+optimizer, resumes the run folder if it holds a checkpoint, trains, and leaves behind:
+
+    output_dir/
+      config.yaml            the resolved config (compared on resume)
+      checkpoints/step_*/    Accelerate states + trainer_state.json, the newest k kept
+      tensorboard/           TensorBoard logs (Accelerate's tracker)
+      log.jsonl              one record per logged step: step, epoch, loss, lr, images/s
+      recon/epoch_*.png      reconstruction grids; reconstruction.png is the last one
+      encoder.safetensors    the exported encoder, with encoder.json
+      metrics.json           summary and loss history
+
+The same code runs on the CPU, one GPU, several GPUs and several machines: Accelerate takes
+the process layout from ``accelerate launch``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import yaml
+from accelerate import Accelerator, PartialState
+from accelerate.utils import ProjectConfiguration, parse_flag_from_env, set_seed
+from safetensors.torch import save_file
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from vismae import __version__
+from vismae.config import ConfigError, PretrainConfig, differing_keys, flatten, read_yaml, to_dict
+from vismae.data.dataset import Augmentation, EpochShuffle, PretrainImages
+from vismae.engine import checkpoint
+from vismae.engine.optim import build_optimizer, scaled_lr
+from vismae.engine.pretrain_loop import LoopState, NonFiniteLossError, Plan, Session, StepRecord, Throughput, train_one_epoch
+from vismae.engine.visualize import save_reconstruction_grid
+from vismae.io import atomic_path, write_json, write_text
+from vismae.models.mae import MAEConfig, SwinMAE
+from vismae.models.presets import encoder_config
+
+log = logging.getLogger(__name__)
+
+# Keys that may differ from the saved config when a run is resumed: they only change how long
+# it runs. The run folder itself may also have moved.
+RUN_LENGTH_KEYS = ("train.epochs", "train.max_steps")
+LOCATION_KEYS = ("output_dir",)
+
+
+def run(config: PretrainConfig, *, allow_config_change: bool = False) -> Path:
+    """Pretrain (or resume) into ``config.output_dir``; return the run folder."""
+    config = config.with_absolute_paths()
+    run_dir = Path(config.output_dir)
+    accelerator = make_accelerator(config, run_dir)
+    try:
+        _pretrain(accelerator, config, run_dir, allow_config_change)
+    finally:
+        accelerator.end_training()
+    return run_dir
+
+
+def make_accelerator(config: PretrainConfig, run_dir: Path) -> Accelerator:
+    mixed_precision = config.train.mixed_precision
+    # The process state Accelerator would build (it reads the same flag), asked for its device
+    # before choosing the precision.
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    if state.device.type == "cpu" and mixed_precision != "no":
+        # Autocast on a CPU without bf16 units is many times slower than fp32, never faster.
+        if state.is_main_process:
+            print(f"note: train.mixed_precision={mixed_precision} is for GPUs; training in fp32 on the CPU")
+        mixed_precision = "no"
+    return Accelerator(
+        mixed_precision=mixed_precision,
+        gradient_accumulation_steps=config.train.grad_accum_steps,
+        log_with="tensorboard",
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tensorboard")),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Run folder and resume.
+
+
+def check_saved_config(run_dir: Path, config: PretrainConfig, allow_config_change: bool) -> None:
+    """Refuse to continue a run folder under a different config, run length aside."""
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved = read_yaml(saved_path)
+    changed = [
+        key for key in differing_keys(saved, to_dict(config)) if key not in RUN_LENGTH_KEYS + LOCATION_KEYS
+    ]
+    if not changed:
+        return
+    old, new = flatten(saved), flatten(to_dict(config))
+    lines = "; ".join(f"{key}: {old.get(key, '(absent)')!r} -> {new.get(key, '(absent)')!r}" for key in changed)
+    if allow_config_change:
+        log.warning("resuming %s with a changed config (%s)", run_dir, lines)
+        return
+    raise ConfigError(
+        f"{run_dir} holds a run with another config ({lines}). Only train.epochs and train.max_steps "
+        "may change on resume: choose another output_dir, or pass --allow-config-change to continue anyway."
+    )
+
+
+def images_digest(paths: list[str]) -> str:
+    return hashlib.sha256("\n".join(paths).encode()).hexdigest()[:16]
+
+
+def trim_log(path: Path, last_step: int) -> None:
+    """Drop records of steps after the checkpoint being resumed: they will be trained again."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
+    write_text(path, "".join(f"{line}\n" for line in kept))
+
+
+def load_init_weights(model: SwinMAE, path: str, verbose: bool) -> None:
+    """Start from ``path``: our exported encoder or run folder, a VIS-MAE / Swin-MAE reference
+    checkpoint, or a Microsoft / timm Swin. The encoder always; the decoder too where the
+    source has one of this structure. Weights that do not fit are refused."""
+    from vismae.models.weights import load_mae_init
+
+    load_mae_init(path, model, verbose=verbose)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks.
+
+
+def build_model(config: PretrainConfig) -> SwinMAE:
+    model_config = config.model
+    encoder = encoder_config(model_config.preset, config.data.image_size, **model_config.overrides)
+    model = SwinMAE(
+        MAEConfig(
+            encoder=encoder,
+            decoder=model_config.decoder,
+            mask_unit_px=model_config.mask_unit_px,
+            mask_ratio=model_config.mask_ratio,
+            norm_pix_loss=model_config.norm_pix_loss,
+        )
+    )
+    if model_config.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    return model
+
+
+def build_dataset(config: PretrainConfig) -> PretrainImages:
+    data = config.data
+    augmentation = Augmentation(vflip_prob=data.vflip_prob, intensity_jitter=data.intensity_jitter)
+    return PretrainImages.from_manifests(data.manifests, data.splits, data.image_size, augmentation, seed=config.train.seed)
+
+
+def build_loader(dataset: PretrainImages, config: PretrainConfig, processes: int, use_cuda: bool):
+    train = config.train
+    sampler = EpochShuffle(len(dataset), train.batch_size * processes * train.grad_accum_steps, seed=train.seed)
+    workers = config.data.num_workers
+    loader = DataLoader(
+        dataset,
+        batch_size=train.batch_size,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=workers,
+        pin_memory=use_cuda,
+        persistent_workers=workers > 0,
+        # Its own generator: otherwise every new iterator (each epoch, a resume) draws its worker
+        # seed from the global RNG, and drop path after a resume would not repeat.
+        generator=torch.Generator().manual_seed(train.seed),
+    )
+    return loader, sampler
+
+
+def tensorboard_hparams(config: PretrainConfig, plan: Plan) -> dict:
+    """TensorBoard accepts only scalars and strings as hyperparameters."""
+    flat = flatten(to_dict(config))
+    values = {key: value if isinstance(value, (int, float, str, bool)) else str(value) for key, value in flat.items()}
+    return {**values, "effective_batch": plan.effective_batch, "peak_lr": plan.peak_lr}
+
+
+# ---------------------------------------------------------------------------------------------
+# The run.
+
+
+class PretrainRun:
+    """One session on a run folder: set up or resume, train, finish."""
+
+    def __init__(self, accelerator: Accelerator, config: PretrainConfig, run_dir: Path, allow_config_change: bool):
+        self.accelerator = accelerator
+        self.config = config
+        self.run_dir = run_dir
+        self.allow_config_change = allow_config_change
+        self.checkpoints = run_dir / "checkpoints"
+        self.log_path = run_dir / "log.jsonl"
+        self.last_saved_step = -1
+        self.pending: list[StepRecord] = []  # steps since the last log record
+        self.corrupt_images = 0
+        self.session_images = 0
+
+    # -- setup -------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        accelerator, config = self.accelerator, self.config
+        check_saved_config(self.run_dir, config, self.allow_config_change)
+        accelerator.wait_for_everyone()  # every process has read the saved config
+        if accelerator.is_main_process:
+            checkpoint.remove_temporaries(self.checkpoints)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_text(self.run_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
+
+        self.dataset = build_dataset(config)
+        processes = accelerator.num_processes
+        loader, sampler = build_loader(self.dataset, config, processes, accelerator.device.type == "cuda")
+
+        # Identical initial weights on every process (DDP also broadcasts rank 0's).
+        set_seed(config.train.seed)
+        model = build_model(config)
+        self.newest = checkpoint.newest_checkpoint(self.checkpoints)
+        if config.init and self.newest is None:  # a resume restores its own weights instead
+            load_init_weights(model, config.init, verbose=accelerator.is_main_process)
+        optimizer = build_optimizer(model, config.train.weight_decay, config.train.betas)
+        model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+        # Different drop-path draws per process from here on.
+        set_seed(config.train.seed, device_specific=True)
+
+        train = config.train
+        effective_batch = train.batch_size * processes * train.grad_accum_steps
+        plan = Plan(
+            batch_size=train.batch_size,
+            processes=processes,
+            grad_accum_steps=train.grad_accum_steps,
+            batches_per_epoch=len(sampler) // (train.batch_size * processes),
+            epochs=train.epochs,
+            max_steps=train.max_steps,
+            peak_lr=train.lr if train.lr is not None else scaled_lr(train.base_lr, effective_batch),
+            min_lr=train.min_lr,
+            warmup_epochs=train.warmup_epochs,
+        )
+        self.session = Session(accelerator, model, optimizer, loader, sampler, plan, train.seed, train.clip_grad)
+        self.state = self.resume() if self.newest is not None else LoopState()
+        if accelerator.is_main_process:
+            trim_log(self.log_path, self.state.step)
+        accelerator.init_trackers("pretrain", config=tensorboard_hparams(config, plan))
+        accelerator.print(
+            f"{len(self.dataset)} images, {processes} process(es) x batch {train.batch_size} x accumulation "
+            f"{train.grad_accum_steps} = {plan.effective_batch} per step, lr {plan.peak_lr:.3g}, "
+            f"{plan.steps_per_epoch} steps per epoch, schedule {plan.total_steps} steps, stopping at {plan.stop_step}"
+        )
+
+    def trainer_state(self) -> dict:
+        plan = self.session.plan
+        return {
+            **self.state.to_dict(),
+            "processes": plan.processes,
+            "batch_size": plan.batch_size,
+            "grad_accum_steps": plan.grad_accum_steps,
+            "num_images": len(self.dataset),
+            "images_digest": images_digest(self.dataset.paths),
+        }
+
+    def resume(self) -> LoopState:
+        accelerator, plan = self.accelerator, self.session.plan
+        saved = checkpoint.read_trainer_state(self.newest)
+        if saved["images_digest"] != images_digest(self.dataset.paths) and not self.allow_config_change:
+            raise ConfigError(
+                f"{self.newest}: the checkpoint was trained on another image list ({saved['num_images']} images, "
+                f"now {len(self.dataset)}); the data order cannot be resumed. Pass --allow-config-change to continue anyway."
+            )
+        accelerator.load_state(str(self.newest))
+        state = LoopState.from_dict(saved)
+        if saved["processes"] * saved["batch_size"] != plan.global_batch:
+            # Another process layout: continue from the same point of the epoch, in images.
+            log.warning(
+                "resuming with %d process(es) x batch %d where the checkpoint used %d x %d: the run goes on, "
+                "but not exactly as it would have",
+                plan.processes, plan.batch_size, saved["processes"], saved["batch_size"],
+            )
+            images_done = state.batch_in_epoch * saved["processes"] * saved["batch_size"]
+            batches = images_done // plan.global_batch
+            state.batch_in_epoch = batches - batches % plan.grad_accum_steps
+        self.last_saved_step = state.step
+        accelerator.print(f"resumed from {self.newest} (step {state.step}, epoch {state.epoch})")
+        return state
+
+    # -- training ----------------------------------------------------------------------------
+
+    def train(self) -> None:
+        config, plan, state = self.config, self.session.plan, self.state
+        self.throughput = Throughput()
+        self.progress = tqdm(
+            total=plan.stop_step,
+            initial=state.step,
+            unit="step",
+            desc="pretrain",
+            dynamic_ncols=True,
+            disable=not self.accelerator.is_main_process,
+        )
+        self.started = time.perf_counter()
+        try:
+            while state.step < plan.stop_step:
+                epoch = state.epoch
+                train_one_epoch(self.session, state, self.after_step)
+                if state.epoch > epoch:
+                    self.after_epoch(state.epoch)
+        except NonFiniteLossError as error:
+            newest = checkpoint.newest_checkpoint(self.checkpoints)
+            kept = f"the newest checkpoint, {newest}, is kept" if newest else "no checkpoint was written yet"
+            raise NonFiniteLossError(
+                f"{error}; training stopped and {kept}. Lower train.base_lr, set train.clip_grad, or use bf16 "
+                "instead of fp16, then resume with --allow-config-change."
+            ) from None
+        finally:
+            self.progress.close()
+        self.flush_log()
+
+    def after_step(self, state: LoopState, record: StepRecord) -> None:
+        plan, every = self.session.plan, self.config.checkpoint.every_steps
+        self.pending.append(record)
+        images = plan.effective_batch
+        self.throughput.add(images)
+        self.session_images += images
+        self.corrupt_images += record.corrupt_images
+        self.progress.update(1)
+        if state.step % self.config.log.every_steps == 0:
+            self.flush_log()
+        if every and state.step % every == 0:
+            self.save()
+
+    def after_epoch(self, finished_epochs: int) -> None:
+        every_checkpoint, every_recon = self.config.checkpoint.every_epochs, self.config.log.recon_every_epochs
+        if every_checkpoint and finished_epochs % every_checkpoint == 0:
+            self.save()
+        if every_recon and finished_epochs % every_recon == 0:
+            self.reconstruct(self.run_dir / "recon" / f"epoch_{finished_epochs:04d}.png")
+
+    def flush_log(self) -> None:
+        """One record for the steps since the last: mean loss, lr, throughput."""
+        if not self.pending:
+            return
+        state, plan = self.state, self.session.plan
+        loss = sum(record.loss for record in self.pending) / len(self.pending)
+        record = {
+            "step": state.step,
+            "epoch": round(state.step / plan.steps_per_epoch, 4),
+            "loss": loss,
+            "lr": plan.lr(state.step - 1),  # the lr the last step used
+            "images_per_s": round(self.throughput.read(), 2),
+        }
+        self.pending = []
+        self.accelerator.log({f"train/{key}": value for key, value in record.items() if key != "step"}, step=state.step)
+        if self.accelerator.is_main_process:
+            with self.log_path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            self.progress.set_postfix(loss=f"{loss:.4f}", lr=f"{record['lr']:.2e}", img_s=record["images_per_s"])
+
+    def save(self) -> None:
+        if self.state.step == self.last_saved_step:
+            return
+        checkpoint.save_checkpoint(
+            self.accelerator, self.checkpoints, self.state.step, self.trainer_state(), self.config.checkpoint.keep
+        )
+        self.last_saved_step = self.state.step
+
+    def reconstruct(self, path: Path) -> None:
+        """Reconstruction grid of a fixed set of images and masks, on the main process only."""
+        accelerator = self.accelerator
+        if not accelerator.is_main_process:
+            return
+        count = min(self.config.log.recon_images, len(self.dataset))
+        indices = torch.linspace(0, len(self.dataset) - 1, count).round().long().tolist()
+        images = torch.stack([self.dataset[index]["image"] for index in indices]).to(accelerator.device)
+        model = accelerator.unwrap_model(self.session.model)
+        generator = torch.Generator(device=accelerator.device).manual_seed(self.config.train.seed)
+        # A separate RNG stream and eval mode: drawing a picture must not change the training.
+        devices = [accelerator.device] if accelerator.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.no_grad(), accelerator.autocast():
+            model.eval()
+            output = model(images, generator=generator)
+            model.train()
+        title = f"step {self.state.step}, epoch {self.state.step / self.session.plan.steps_per_epoch:.1f}"
+        save_reconstruction_grid(images, output.reconstruction, output.pixel_mask, path, title)
+
+    # -- the end -----------------------------------------------------------------------------
+
+    def finish(self) -> None:
+        """Final checkpoint, then on the main process the picture, the export and the metrics."""
+        accelerator = self.accelerator
+        self.save()
+        corrupt = int(accelerator.reduce(torch.tensor(self.corrupt_images, device=accelerator.device), "sum").item())
+        if self.config.debug.rank_weights:
+            self.save_rank_weights()
+        if accelerator.is_main_process:
+            self.reconstruct(self.run_dir / "reconstruction.png")
+            model = accelerator.unwrap_model(self.session.model)
+            checkpoint.export_encoder(model.encoder, self.run_dir, self.export_source())
+            self.write_metrics(corrupt)
+            accelerator.print(f"done: step {self.state.step}, encoder exported to {self.run_dir / checkpoint.ENCODER_WEIGHTS}")
+        accelerator.wait_for_everyone()  # no process leaves before the outputs are written
+
+    def write_metrics(self, corrupt_images: int) -> None:
+        state, plan = self.state, self.session.plan
+        elapsed = time.perf_counter() - self.started
+        history = [json.loads(line) for line in self.log_path.read_text().splitlines()] if self.log_path.is_file() else []
+        write_json(
+            self.run_dir / "metrics.json",
+            {
+                "status": "finished" if state.step >= plan.total_steps else "stopped at train.max_steps",
+                "step": state.step,
+                "total_steps": plan.total_steps,
+                "epoch": round(state.step / plan.steps_per_epoch, 4),
+                "images_seen": state.images_seen,
+                "final_loss": history[-1]["loss"] if history else None,
+                "processes": plan.processes,
+                "effective_batch": plan.effective_batch,
+                "peak_lr": plan.peak_lr,
+                "session_seconds": round(elapsed, 2),
+                "session_images_per_s": round(self.session_images / elapsed, 2) if elapsed > 0 else None,
+                "images": len(self.dataset),
+                "unreadable_images_skipped": len(self.dataset.skipped),
+                "session_corrupt_images_replaced": corrupt_images,
+                "history": [{"step": record["step"], "loss": record["loss"]} for record in history],
+            },
+        )
+
+    def export_source(self) -> dict:
+        model = self.config.model
+        return {
+            "producer": f"vismae {__version__} pretrain",
+            "run": self.run_dir.name,
+            "step": self.state.step,
+            "epochs": round(self.state.step / self.session.plan.steps_per_epoch, 4),
+            "images_seen": self.state.images_seen,
+            "preset": model.preset,
+            "decoder": model.decoder,
+            "mask_ratio": model.mask_ratio,
+            "mask_unit_px": model.mask_unit_px,
+            "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+
+    def save_rank_weights(self) -> None:
+        accelerator = self.accelerator
+        model = accelerator.unwrap_model(self.session.model)
+        tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+        with atomic_path(self.run_dir / "debug" / f"rank{accelerator.process_index}.safetensors") as temporary:
+            save_file(tensors, str(temporary))
+
+
+def _pretrain(accelerator: Accelerator, config: PretrainConfig, run_dir: Path, allow_config_change: bool) -> None:
+    session = PretrainRun(accelerator, config, run_dir, allow_config_change)
+    session.setup()
+    session.train()
+    session.finish()
