@@ -17,6 +17,11 @@ COMMANDS = [
     "summarize",
     "prepare",
     "split",
+    "finetune",
+    "roi_aware",
+    "sweep",
+    "report",
+    "convert_weights",
     "demo",
 ]
 
