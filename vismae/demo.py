@@ -7,6 +7,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+# The shipped configs the demo runs; they live beside the package in the repository.
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
 # The datasets the demo synthesizes, read and prepares: VinDr-Mammo's DICOM layout and
 # CDD-CESM's JPEG + spreadsheet layout, the two datasets of the ROI-aware paper.
 DEMO_FORMATS = ("vindr", "cdd-cesm")
@@ -74,6 +77,96 @@ def summarize(cache: Path) -> None:
     print(format_summary(count(read_manifest(manifest)), str(manifest)))
 
 
+def pretrain(settings: DemoSettings, caches: dict[str, Path]) -> Path:
+    from vismae.config import load_pretrain_config
+    from vismae.engine.pretrain import run
+
+    started = _stage("pretrain: Swin MAE on every cached image, labelled or not")
+    manifests = ",".join(str(cache / "manifest.csv") for cache in caches.values())
+    config = load_pretrain_config(
+        CONFIGS / "pretrain" / "demo.yaml",
+        [f"output_dir={Path(settings.out) / 'pretrain'}", f"data.manifests=[{manifests}]", f"data.size={settings.size}"],
+    )
+    run_dir = run(config)
+    _done(started, run_dir)
+    return run_dir
+
+
+def finetune_both_inits(settings: DemoSettings, cache: Path, encoder: Path) -> dict[tuple[str, str], dict]:
+    """A classifier and a segmenter, each from the demo's encoder and from random weights."""
+    from vismae.engine.finetune import run
+    from vismae.engine.finetune_config import load_finetune_config
+
+    results = {}
+    for task in ("classify", "segment"):
+        for init_name, init in (("pretrained", str(encoder)), ("random", "random:tiny")):
+            started = _stage(f"finetune: {task} from the {init_name} encoder")
+            config = load_finetune_config(
+                CONFIGS / "finetune" / f"demo-{task}.yaml",
+                [
+                    f"init={init}",
+                    f"output_dir={Path(settings.out) / 'finetune' / f'{task}-{init_name}'}",
+                    f"data.manifest={cache / 'manifest.csv'}",
+                    f"data.size={settings.size}",
+                ],
+            )
+            result = run(config)
+            results[(task, init_name)] = result.metrics["test"]
+            _done(started, result.run_dir)
+    return results
+
+
+def print_finetune_table(results: dict[tuple[str, str], dict]) -> None:
+    columns = {"classify": ("roc_auc", "pr_auc", "sensitivity", "specificity"), "segment": ("dice", "precision", "recall")}
+    for task, names in columns.items():
+        print(f"\n{task}: test metrics (95 % patient-bootstrap interval)")
+        print(f"{'init':<12}" + "".join(f"{name:>24}" for name in names))
+        for (row_task, init_name), metrics in results.items():
+            if row_task != task:
+                continue
+            cells = []
+            for name in names:
+                value = metrics.get(name, {})
+                cells.append(f"{value.get('value', float('nan')):.3f} [{value.get('low', float('nan')):.2f}, {value.get('high', float('nan')):.2f}]")
+            print(f"{init_name:<12}" + "".join(f"{cell:>24}" for cell in cells))
+
+
+def roi_aware(settings: DemoSettings, cache: Path, encoder: Path) -> Path:
+    from vismae.experiments.roi_aware import run_roi_aware
+    from vismae.experiments.roi_config import load_roi_aware_config
+
+    started = _stage("roi-aware: the ROI paper's procedures, and a deployable one")
+    config = load_roi_aware_config(
+        CONFIGS / "roi_aware" / "demo.yaml",
+        [
+            f"output_dir={Path(settings.out) / 'roi_aware'}",
+            f"manifest={cache / 'manifest.csv'}",
+            f"init={encoder}",
+            f"finetune.data.size={settings.size}",
+        ],
+    )
+    report = run_roi_aware(config)
+    print((report / "results.md").read_text())
+    _done(started, report)
+    return report
+
+
+def sweep(settings: DemoSettings, cache: Path, encoder: Path) -> Path:
+    from vismae.experiments.label_efficiency import run_sweep
+    from vismae.experiments.sweep_config import load_sweep_config
+
+    started = _stage("sweep: label efficiency, pretrained vs random init")
+    folder = Path(settings.out) / "sweep"
+    config = load_sweep_config(
+        CONFIGS / "sweep" / "demo.yaml",
+        [f"output_dir={folder}", f"manifest={cache / 'manifest.csv'}", f"inits.ours={encoder}", f"finetune.data.size={settings.size}"],
+    )
+    run_sweep(config)
+    print((folder / "report" / "summary.md").read_text())
+    _done(started, folder)
+    return folder
+
+
 def run_demo(settings: DemoSettings) -> dict[str, Path]:
     out = Path(settings.out)
     caches = {}
@@ -82,7 +175,17 @@ def run_demo(settings: DemoSettings) -> dict[str, Path]:
         manifest = read_manifest_of(settings, name, raw)
         caches[name] = prepare_cache(settings, name, manifest)
         summarize(caches[name])
+    run_dir = pretrain(settings, caches)
+    encoder = run_dir / "encoder.safetensors"
+    print_finetune_table(finetune_both_inits(settings, caches["vindr"], encoder))
+    outputs = {
+        **{f"cache {name}": cache for name, cache in caches.items()},
+        "pretraining run (encoder, reconstructions)": run_dir,
+        "finetuning runs": out / "finetune",
+        "ROI-aware report": roi_aware(settings, caches["vindr"], encoder),
+        "label-efficiency sweep": sweep(settings, caches["vindr"], encoder),
+    }
     print(f"\nDemo outputs are in {out.resolve()}:")
-    for name, cache in caches.items():
-        print(f"  {name}: raw data {out / 'raw' / name}, cache {cache}")
-    return caches
+    for what, where in outputs.items():
+        print(f"  {what}: {where}")
+    return outputs

@@ -201,7 +201,10 @@ def predict_with_run(run_dir: str | Path, frame: pd.DataFrame, batch_size: int =
     threshold = json.loads((Path(run_dir) / THRESHOLD_FILE).read_text())["threshold"] if description["task"] == "classify" else None
     size = tuple(description["encoder"]["img_size"])
     dataset = LabelledImages(frame, size, with_masks=description["task"] == "segment")
-    accelerator = Accelerator(mixed_precision="no")
+    # The process's Accelerate state is fixed by the first Accelerator (finetuning may have set
+    # bf16 on a GPU); a second one asking for other settings would be refused. Reuse it, so test
+    # images are scored in the same precision as the validation images that set the threshold.
+    accelerator = Accelerator()
     model, loader = accelerator.prepare(model, DataLoader(dataset, batch_size=batch_size, num_workers=num_workers))
     outputs = infer(model, loader, accelerator, description["task"])
     table = prediction_table(frame.reset_index(drop=True), outputs, description["task"], size[0] * size[1])
