@@ -83,27 +83,23 @@ def find_column(frame: pd.DataFrame, aliases) -> str | None:
     return None
 
 
-def find_file(root: Path, name: str) -> Path:
-    """The one file called ``name`` at or below ``root`` (downloads nest folders differently)."""
+def _find_one(root: Path, name: str, is_kind, kind: str) -> Path:
+    """The one file or folder called ``name`` at or below ``root`` (downloads nest folders
+    differently); none, or several, is an error naming ``root``."""
     direct = root / name
-    if direct.is_file():
+    if is_kind(direct):
         return direct
-    found = sorted(path for path in root.rglob(name) if path.is_file())
+    found = sorted(path for path in root.rglob(name) if is_kind(path))
     if not found:
-        raise FileNotFoundError(f"{root}: no file named {name!r} in this folder or below it")
+        raise FileNotFoundError(f"{root}: no {kind} named {name!r} in this folder or below it")
     if len(found) > 1:
-        raise SourceError(f"{root}: several files named {name!r}: {', '.join(map(str, found[:3]))}")
+        raise SourceError(f"{root}: several {kind}s named {name!r}: {', '.join(map(str, found[:3]))}")
     return found[0]
+
+
+def find_file(root: Path, name: str) -> Path:
+    return _find_one(root, name, Path.is_file, "file")
 
 
 def find_folder(root: Path, name: str) -> Path:
-    """The one folder called ``name`` at or below ``root``."""
-    direct = root / name
-    if direct.is_dir():
-        return direct
-    found = sorted(path for path in root.rglob(name) if path.is_dir())
-    if not found:
-        raise FileNotFoundError(f"{root}: no folder named {name!r} in this folder or below it")
-    if len(found) > 1:
-        raise SourceError(f"{root}: several folders named {name!r}: {', '.join(map(str, found[:3]))}")
-    return found[0]
+    return _find_one(root, name, Path.is_dir, "folder")
