@@ -18,8 +18,12 @@ DEMO_FORMATS = ("vindr", "cdd-cesm")
 @dataclass
 class DemoSettings:
     out: str | Path = "runs/demo"
-    patients: int = 48
-    size: int = 128
+    # Enough patients for the tiny classifier to find the lesions from random init (with fewer
+    # than ~150 it memorizes the training images instead), in a few minutes on a CPU.
+    patients: int = 200
+    size: int = 64  # the cache's image side
+    # The synthetic mammograms' own size: detail enough for caches up to about 128 px.
+    phantom_size: tuple[int, int] = (256, 208)
     seed: int = 0
     workers: int | None = None
 
@@ -39,7 +43,9 @@ def synthesize(settings: DemoSettings, name: str) -> Path:
     raw = Path(settings.out) / "raw" / name
     started = _stage(f"phantom: {settings.patients} synthetic patients in the {name} format")
     if not (raw / ".complete").exists():
-        make_phantom(name, raw, n_patients=settings.patients, seed=settings.seed, overwrite=True)
+        make_phantom(
+            name, raw, n_patients=settings.patients, seed=settings.seed, image_size=settings.phantom_size, overwrite=True
+        )
         (raw / ".complete").touch()
     _done(started, raw)
     return raw

@@ -311,7 +311,7 @@ def test_command_line_runs_end_to_end(cache, tmp_path, capsys):
     from vismae.cli import main as vismae_main
 
     arguments = ["--config", str(REPO / "configs" / "finetune" / "demo-classify.yaml"), "init=random:tiny",
-                 f"data.manifest={cache}", f"output_dir={tmp_path / 'cli'}", "train.epochs=1", "train.batch_size=8"]  # fmt: skip
+                 f"data.manifest={cache}", f"output_dir={tmp_path / 'cli'}", "train.epochs=1", "train.warmup_epochs=0", "train.batch_size=8"]  # fmt: skip
     assert entry.main(arguments) == 0
     first = capsys.readouterr().out
     assert "selected epoch 1" in first and "test (n=16)" in first

@@ -15,8 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("--out", default="runs/demo", help="demo folder (default: runs/demo)")
-    parser.add_argument("--patients", type=int, default=48, help="synthetic patients per dataset")
-    parser.add_argument("--size", type=int, default=128, help="cache image size in pixels")
+    parser.add_argument("--patients", type=int, default=200, help="synthetic patients per dataset")
+    parser.add_argument("--size", type=int, default=64, help="cache image size in pixels")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=None, help="processes for prepare")
     parser.set_defaults(func=run)

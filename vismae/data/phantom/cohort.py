@@ -52,6 +52,16 @@ BENIGN_PATTERNS = ("mass", "coarse_calcifications", "mass")
 # Benign breasts without an ROI: some hold coarse calcifications nobody boxed, the rest nothing.
 UNANNOTATED_BENIGN_PATTERNS = ("coarse_calcifications", "none", "none", "coarse_calcifications", "none")
 LYMPH_NODE_EVERY = 3  # every third annotated benign breast also shows an axillary lymph node
+# Finding diameters, as fractions of the chest-wall-to-nipple distance: about twice the size of a
+# typical screen-detected finding, so that at the 64-128 px of a CPU demo a mass spans several
+# 4-pixel patches and a small model learns it in minutes (at life size it is a few pixels wide).
+DIAMETERS = {
+    "malignant mass": (0.18, 0.28),
+    "benign mass": (0.14, 0.24),
+    "fine calcifications": (0.16, 0.26),
+    "coarse calcifications": (0.28, 0.48),
+    "lymph node": (0.10, 0.14),
+}
 
 
 @dataclass(frozen=True)
@@ -193,20 +203,20 @@ class _Findings:
         if pattern in ("mass", "mass_and_calcifications", "mass_with_calcifications"):
             lesions.append(self._mass(malignant, birads, annotated, pattern == "mass_with_calcifications"))
         if pattern in ("calcifications", "mass_and_calcifications"):
-            lesions.append(self._lesion("calcifications", "fine", True, (0.08, 0.13), annotated, birads))
+            lesions.append(self._lesion("calcifications", "fine", True, DIAMETERS["fine calcifications"], annotated, birads))
         if pattern == "mass_and_calcifications":
             # Two separate findings: keep them on opposite sides of the breast's axis in both views.
             mass, cluster = lesions
             apart = tuple(-math.copysign(max(abs(o), 0.5), m) for o, m in zip(cluster.offset, mass.offset))
             lesions[1] = replace(cluster, offset=apart)
         if pattern == "coarse_calcifications":
-            lesions.append(self._lesion("calcifications", "coarse", False, (0.14, 0.24), annotated, birads))
+            lesions.append(self._lesion("calcifications", "coarse", False, DIAMETERS["coarse calcifications"], annotated, birads))
         if kind == "benign" and next(self.lymph_nodes):
-            lesions.append(self._lesion("lymph_node", "oval", False, (0.05, 0.07), True, None))
+            lesions.append(self._lesion("lymph_node", "oval", False, DIAMETERS["lymph node"], True, None))
         return tuple(lesions)
 
     def _mass(self, malignant: bool, birads: int, annotated: bool, with_calcifications: bool) -> Lesion:
-        diameters = (0.09, 0.14) if malignant else (0.07, 0.12)
+        diameters = DIAMETERS["malignant mass" if malignant else "benign mass"]
         shape = next(self.mass_shapes[malignant])
         mass = self._lesion("mass", shape, malignant, diameters, annotated, birads, with_calcifications)
         if annotated and not self.chest_wall_taken:

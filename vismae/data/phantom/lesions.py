@@ -26,7 +26,9 @@ SUPERSAMPLE = 4
 SHIFT = 4  # OpenCV draws at 1/16 pixel precision with coordinates in fixed point
 REFERENCE_WIDTH = 416  # calcification sizes are given for an image this wide
 # Brightness a finding adds over the tissue it overlaps (attenuation adds up along the beam).
-MASS_DENSITY = {False: 0.26, True: 0.34}  # by malignancy
+# By malignancy: high density is a sign of malignancy, here exaggerated so that a cancer stands
+# out of dense tissue even in a 64 px image (where it saturates, it masks what lies beneath).
+MASS_DENSITY = {False: 0.26, True: 0.8}
 CALCIFICATION_DENSITY = 0.8
 # Contrast uptake in a subtracted CESM image: cancers enhance strongly, benign findings mildly.
 MASS_UPTAKE = {False: 0.16, True: 0.5}
