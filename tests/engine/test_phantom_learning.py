@@ -8,7 +8,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from vismae.data.cache import prepare
 from vismae.data.manifest import read_manifest, write_manifest
@@ -20,14 +19,6 @@ from vismae.engine.finetune_config import load_finetune_config
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = DemoSettings()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
