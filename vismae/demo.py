@@ -38,7 +38,7 @@ def _done(started: float, where: Path) -> None:
 
 
 def synthesize(settings: DemoSettings, name: str) -> Path:
-    from vismae.data.phantom import make_phantom
+    from vismae.synthetic import make_phantom
 
     raw = Path(settings.out) / "raw" / name
     started = _stage(f"phantom: {settings.patients} synthetic patients in the {name} format")
@@ -138,8 +138,8 @@ def print_finetune_table(results: dict[tuple[str, str], dict]) -> None:
 
 
 def roi_aware(settings: DemoSettings, cache: Path, encoder: Path) -> Path:
-    from vismae.experiments.roi_aware import run_roi_aware
-    from vismae.experiments.roi_config import load_roi_aware_config
+    from vismae.experiments.roi_aware.experiment import run_roi_aware
+    from vismae.experiments.roi_aware.config import load_roi_aware_config
 
     started = _stage("roi-aware: the ROI paper's procedures, and a deployable one")
     config = load_roi_aware_config(
@@ -158,8 +158,8 @@ def roi_aware(settings: DemoSettings, cache: Path, encoder: Path) -> Path:
 
 
 def sweep(settings: DemoSettings, cache: Path, encoder: Path) -> Path:
-    from vismae.experiments.label_efficiency import run_sweep
-    from vismae.experiments.sweep_config import load_sweep_config
+    from vismae.experiments.label_efficiency.sweep import run_sweep
+    from vismae.experiments.label_efficiency.config import load_sweep_config
 
     started = _stage("sweep: label efficiency, pretrained vs random init")
     folder = Path(settings.out) / "sweep"

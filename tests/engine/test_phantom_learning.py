@@ -11,7 +11,7 @@ import pytest
 
 from vismae.data.cache import prepare
 from vismae.data.manifest import read_manifest, write_manifest
-from vismae.data.phantom import make_phantom
+from vismae.synthetic import make_phantom
 from vismae.data.sources import read_dataset
 from vismae.demo import DemoSettings
 from vismae.engine.finetune import finetune

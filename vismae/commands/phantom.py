@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 # Kept here rather than imported so that `vismae --help` does not load numpy, OpenCV and pydicom;
-# tests check it matches vismae.data.phantom.FORMATS.
+# tests check it matches vismae.synthetic.FORMATS.
 FORMATS = ("vindr", "cdd-cesm", "cbis-ddsm")
 REAL_ASPECT = 2800 / 3518  # columns per row of VinDr's most common image size
 IMAGE_SUFFIXES = {".dicom", ".dcm", ".jpg"}
@@ -52,7 +52,7 @@ def image_size(text: str) -> tuple[int, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vismae.data.phantom import DEFAULT_IMAGE_SIZE, make_phantom
+    from vismae.synthetic import DEFAULT_IMAGE_SIZE, make_phantom
 
     started = time.perf_counter()
     out = make_phantom(

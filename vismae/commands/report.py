@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vismae.report import SUMMARY_FILE, build_report
+    from vismae.experiments.label_efficiency.report import SUMMARY_FILE, build_report
 
     out = build_report(args.sweep_dir)
     print((out / SUMMARY_FILE).read_text())

@@ -26,9 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vismae.experiments.roi_aware import check_run_folder, run_roi_aware
-    from vismae.experiments.roi_config import load_roi_aware_config
-    from vismae.experiments.roi_report import build_report
+    from vismae.experiments.roi_aware.experiment import check_run_folder, run_roi_aware
+    from vismae.experiments.roi_aware.config import load_roi_aware_config
+    from vismae.experiments.roi_aware.report import build_report
 
     config = load_roi_aware_config(args.config, args.overrides)
     if args.report_only:

@@ -25,8 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vismae.experiments.label_efficiency import RUNS_DIR, parse_shard, plan_sweep, run_state, run_sweep, shard_runs
-    from vismae.experiments.sweep_config import load_sweep_config
+    from vismae.experiments.label_efficiency.sweep import RUNS_DIR, parse_shard, plan_sweep, run_state, run_sweep, shard_runs
+    from vismae.experiments.label_efficiency.config import load_sweep_config
 
     config = load_sweep_config(args.config, args.overrides)
     shard = parse_shard(args.shard)

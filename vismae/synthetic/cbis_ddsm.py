@@ -20,11 +20,11 @@ import numpy as np
 import pandas as pd
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless, SecondaryCaptureImageStorage
 
-from vismae.data.phantom.cohort import CASE_SERIES, VIEWS, Breast, Patient, sample_cohort
-from vismae.data.phantom.dicom_writer import new_dataset, save, set_pixels
-from vismae.data.phantom.film import scanned_film
-from vismae.data.phantom.lesions import DrawnLesion
-from vismae.data.phantom.render import Scene, image_rng, render_view
+from vismae.synthetic.cohort import CASE_SERIES, VIEWS, Breast, Patient, sample_cohort
+from vismae.synthetic.dicom_writer import new_dataset, save, set_pixels
+from vismae.synthetic.film import scanned_film
+from vismae.synthetic.lesions import DrawnLesion
+from vismae.synthetic.render import Scene, image_rng, render_view
 
 ROOT = "CBIS-DDSM"
 CSV_NAMES = {

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from vismae.cli import main
-from vismae.report import aggregate, build_report, labels_saved, reached_from
+from vismae.experiments.label_efficiency.report import aggregate, build_report, labels_saved, reached_from
 
 FRACTIONS = (0.1, 0.5, 1.0)
 INITS = ("ours", "random")

@@ -19,7 +19,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from vismae.data.phantom import cbis_ddsm, cdd_cesm, vindr
+from vismae.synthetic import cbis_ddsm, cdd_cesm, vindr
 
 DEFAULT_IMAGE_SIZE = (512, 416)  # rows, columns: the aspect of VinDr's 3518 x 2800, small
 MIN_IMAGE_SIDE = 96  # below this a calcification cluster is a pixel or two

@@ -19,7 +19,7 @@ import yaml
 from vismae.config import ConfigError
 from vismae.data.manifest import new_frame, write_manifest
 from vismae.data.splits import load_split
-from vismae.experiments.label_efficiency import (
+from vismae.experiments.label_efficiency.sweep import (
     RunSpec,
     parse_shard,
     plan_runs,
@@ -27,7 +27,7 @@ from vismae.experiments.label_efficiency import (
     run_sweep,
     shard_runs,
 )
-from vismae.experiments.sweep_config import load_sweep_config
+from vismae.experiments.label_efficiency.config import load_sweep_config
 from vismae.metrics import metrics_with_ci
 
 SIZE = 64

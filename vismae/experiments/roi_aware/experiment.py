@@ -28,10 +28,10 @@ from vismae.config import ConfigError, differing_keys, read_yaml, to_dict
 from vismae.data.manifest import CACHE_COLUMNS, VIEW_NAMES, read_manifest, view_names
 from vismae.data.splits import carve_validation
 from vismae.engine.finetune_config import FinetuneConfig, FinetuneData
-from vismae.experiments.roi_config import RoiAwareConfig
-from vismae.experiments.roi_models import ConstantModel, Engine, FinetuneEngine, score_routed, train_classifier
-from vismae.experiments.roi_router import Router, train_router
-from vismae.experiments.roi_rules import (
+from vismae.experiments.roi_aware.config import RoiAwareConfig
+from vismae.experiments.roi_aware.models import ConstantModel, Engine, FinetuneEngine, score_routed, train_classifier
+from vismae.experiments.roi_aware.router import Router, train_router
+from vismae.experiments.roi_aware.rules import (
     PROCEDURES,
     STRATA,
     GroupPlan,
@@ -228,7 +228,7 @@ def check_run_folder(config: RoiAwareConfig, save: bool = True) -> None:
 
 def run_roi_aware(config: RoiAwareConfig, engine: Engine | None = None) -> Path:
     """The whole experiment for every seed, then the report; returns the report folder."""
-    from vismae.experiments.roi_report import DATA_FILE, build_report, composition
+    from vismae.experiments.roi_aware.report import DATA_FILE, build_report, composition
 
     config = config.with_absolute_paths()
     check_run_folder(config)

@@ -13,10 +13,10 @@ from roi_synthetic import PixelStatsEngine, write_roi_cache
 
 from vismae.config import ConfigError
 from vismae.data.manifest import VIEW_NAMES, read_manifest
-from vismae.experiments.roi_aware import experiment_frame, route_and_score, train_models, with_truth
-from vismae.experiments.roi_config import load_roi_aware_config
-from vismae.experiments.roi_report import result_rows, scored_metrics
-from vismae.experiments.roi_rules import BLIND_COLUMNS, SizeRule, annotation_only, blind, group_name, plan_groups
+from vismae.experiments.roi_aware.experiment import experiment_frame, route_and_score, train_models, with_truth
+from vismae.experiments.roi_aware.config import load_roi_aware_config
+from vismae.experiments.roi_aware.report import result_rows, scored_metrics
+from vismae.experiments.roi_aware.rules import BLIND_COLUMNS, SizeRule, annotation_only, blind, group_name, plan_groups
 from vismae.metrics import classification_metrics
 
 GROUPS = {group_name(view, has_roi) for view in VIEW_NAMES for has_roi in (True, False)}

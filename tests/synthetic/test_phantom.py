@@ -18,9 +18,9 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from vismae.commands import phantom as phantom_command
-from vismae.data.phantom import FORMATS, make_phantom
-from vismae.data.phantom.cohort import CASE_SERIES, SCREENING, sample_cohort
-from vismae.data.phantom.render import render_view
+from vismae.synthetic import FORMATS, make_phantom
+from vismae.synthetic.cohort import CASE_SERIES, SCREENING, sample_cohort
+from vismae.synthetic.render import render_view
 
 SIZE = (256, 208)  # rows, columns: small, with the real images' aspect
 HEX32 = re.compile(r"^[0-9a-f]{32}$")

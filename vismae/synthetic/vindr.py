@@ -20,11 +20,11 @@ import numpy as np
 import pandas as pd
 from pydicom.uid import DigitalMammographyXRayImageStorageForPresentation
 
-from vismae.data.phantom.cohort import SCREENING, SIDES, VIEWS, Patient, sample_cohort
-from vismae.data.phantom.dicom_writer import new_dataset, save, set_pixels, uid_from_hex
-from vismae.data.phantom.lesions import DrawnLesion
-from vismae.data.phantom.render import add_noise, image_rng, render_view
-from vismae.data.phantom.vindr_profiles import PROFILES, DetectorProfile, encode, windows
+from vismae.synthetic.cohort import SCREENING, SIDES, VIEWS, Patient, sample_cohort
+from vismae.synthetic.dicom_writer import new_dataset, save, set_pixels, uid_from_hex
+from vismae.synthetic.lesions import DrawnLesion
+from vismae.synthetic.render import add_noise, image_rng, render_view
+from vismae.synthetic.vindr_profiles import PROFILES, DetectorProfile, encode, windows
 
 BREAST_COLUMNS = [
     "study_id", "series_id", "image_id", "laterality", "view_position", "height", "width",

@@ -20,11 +20,11 @@ from pathlib import Path
 import pandas as pd
 
 from vismae.data.manifest import VIEW_NAMES
-from vismae.experiments import paper_numbers
-from vismae.experiments.roi_aware import OUTCOME_FILE, PREDICTIONS_FILE, seed_dir
-from vismae.experiments.roi_config import RoiAwareConfig
-from vismae.experiments.roi_markdown import markdown
-from vismae.experiments.roi_rules import PROCEDURES, procedure_label
+from vismae.experiments.roi_aware import paper_numbers
+from vismae.experiments.roi_aware.experiment import OUTCOME_FILE, PREDICTIONS_FILE, seed_dir
+from vismae.experiments.roi_aware.config import RoiAwareConfig
+from vismae.experiments.roi_aware.markdown import markdown
+from vismae.experiments.roi_aware.rules import PROCEDURES, procedure_label
 from vismae.io import atomic_path, write_json, write_text
 from vismae.metrics import CLASSIFICATION_METRICS, metrics_with_ci, summarize_folds
 
@@ -199,7 +199,7 @@ def load_predictions(config: RoiAwareConfig) -> tuple[pd.DataFrame, list[dict]]:
 def build_report(config: RoiAwareConfig) -> Path:
     """Write report/{results.md, results.csv, results.json, roc.png} (and summary.csv with
     several seeds, paper_comparison.csv with a paper dataset); return the folder."""
-    from vismae.experiments.roi_plot import plot_roc
+    from vismae.experiments.roi_aware.plot import plot_roc
 
     out = Path(config.output_dir)
     predictions, outcomes = load_predictions(config)

@@ -14,13 +14,13 @@ from roi_synthetic import PixelStatsEngine, write_roi_cache
 
 from vismae import cli
 from vismae.config import ConfigError
-from vismae.experiments import paper_numbers
-from vismae.experiments.roi_aware import run_roi_aware
-from vismae.experiments.roi_config import load_roi_aware_config
-from vismae.experiments.roi_plot import roc_figure
-from vismae.experiments.roi_markdown import fmt_interval
-from vismae.experiments.roi_report import CLASSIFICATION_METRICS, build_report, json_safe
-from vismae.experiments.roi_rules import ANNOTATION_WARNING, PROCEDURES
+from vismae.experiments.roi_aware import paper_numbers
+from vismae.experiments.roi_aware.experiment import run_roi_aware
+from vismae.experiments.roi_aware.config import load_roi_aware_config
+from vismae.experiments.roi_aware.plot import roc_figure
+from vismae.experiments.roi_aware.markdown import fmt_interval
+from vismae.experiments.roi_aware.report import CLASSIFICATION_METRICS, build_report, json_safe
+from vismae.experiments.roi_aware.rules import ANNOTATION_WARNING, PROCEDURES
 
 OVERRIDES = [
     "seeds=[0, 1]",

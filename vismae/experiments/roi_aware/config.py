@@ -23,7 +23,7 @@ from typing import Literal
 
 from vismae.config import ConfigError, _require, load_config
 from vismae.engine.finetune_config import FinetuneConfig, FinetuneData
-from vismae.experiments.paper_numbers import DATASETS
+from vismae.experiments.roi_aware.paper_numbers import DATASETS
 
 
 @dataclass

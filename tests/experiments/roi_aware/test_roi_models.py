@@ -13,13 +13,13 @@ from roi_synthetic import write_roi_cache
 
 from vismae import cli
 from vismae.data.manifest import read_manifest
-from vismae.experiments.roi_aware import experiment_frame, predicted_routes
-from vismae.experiments.roi_config import load_roi_aware_config
-from vismae.experiments.roi_models import FinetuneEngine
-from vismae.experiments.roi_router import train_router
-from vismae.experiments.roi_rules import blind
+from vismae.experiments.roi_aware.experiment import experiment_frame, predicted_routes
+from vismae.experiments.roi_aware.config import load_roi_aware_config
+from vismae.experiments.roi_aware.models import FinetuneEngine
+from vismae.experiments.roi_aware.router import train_router
+from vismae.experiments.roi_aware.rules import blind
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 DEMO_CONFIG = REPO / "configs" / "roi_aware" / "demo.yaml"
 # Groups too small to train alone, their with-ROI stratum big enough to pool: 4 comparative
 # classifiers, one or two pooled ones and the router, each a few steps of the tiny encoder.

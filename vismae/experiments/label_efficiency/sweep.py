@@ -7,7 +7,7 @@ labels each init needs to match a randomly initialized model trained on all of t
       plan.json                       folds, the scored split, every run's name in run-index order
       subsets/s0_k1/                  the (seed, fold)'s manifest.csv, fraction_<f>/manifest.csv, splits.json
       runs/f0.05_init-random_s0_k1/   one finetuning run; result.json, written last, marks it done
-      results.csv, report/            built by vismae.report from the finished runs
+      results.csv, report/            built by vismae.experiments.label_efficiency.report from the finished runs
 
 Subsets depend on (seed, fold) alone, never on the init, so every init trains on the same rows.
 A rerun skips finished runs and redoes unfinished ones from scratch. Shard i of n takes the
@@ -33,9 +33,9 @@ from vismae.config import ConfigError, differing_keys, flatten, read_yaml, to_di
 from vismae.data.manifest import read_manifest
 from vismae.data.splits import carve_validation, kfold, label_fractions, save_splits
 from vismae.engine.finetune import finetune, make_accelerator, select_rows
-from vismae.experiments.sweep_config import AUTO_FOLDS, AUTO_FOLDS_BELOW_IMAGES, SweepConfig
+from vismae.experiments.label_efficiency.config import AUTO_FOLDS, AUTO_FOLDS_BELOW_IMAGES, SweepConfig
 from vismae.io import write_json, write_text
-from vismae.report import ERROR_FILE, PLAN_FILE, RESULT_FILE, RUNS_DIR, build_report
+from vismae.experiments.label_efficiency.report import ERROR_FILE, PLAN_FILE, RESULT_FILE, RUNS_DIR, build_report
 
 # Besides the report's names: result.json, written last into a run folder, marks the run
 # finished; error.txt holds the traceback of a run that failed, and the next pass redoes it.

@@ -14,7 +14,7 @@ import math
 import cv2
 import numpy as np
 
-from vismae.data.phantom.lesions import DrawnLesion
+from vismae.synthetic.lesions import DrawnLesion
 
 MASS_SHAPES = ("polygon", "ellipse", "circle", "polyline")
 CLUSTER_SHAPES = ("point", "polygon")

@@ -15,7 +15,7 @@ from vismae.config import (
     to_dict,
 )
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "pretrain"
 
 

@@ -20,9 +20,9 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from vismae.data.phantom.cohort import SCREENING, SIDES, VIEWS, Breast, sample_cohort
-from vismae.data.phantom.render import Scene, add_noise, image_rng, render_view
-from vismae.data.phantom.via import RegionStyles
+from vismae.synthetic.cohort import SCREENING, SIDES, VIEWS, Breast, sample_cohort
+from vismae.synthetic.render import Scene, add_noise, image_rng, render_view
+from vismae.synthetic.via import RegionStyles
 
 LOW_ENERGY_DIR = "Low energy images of CDD-CESM"
 SUBTRACTED_DIR = "Subtracted images of CDD-CESM"

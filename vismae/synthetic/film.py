@@ -7,7 +7,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from vismae.data.phantom.anatomy import smooth_noise
+from vismae.synthetic.anatomy import smooth_noise
 
 BASE_FOG = 0.07  # film base plus fog: the scanned background is dark grey, not black
 FILM_RANGE = 0.8

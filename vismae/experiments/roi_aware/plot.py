@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 
-from vismae.experiments.roi_rules import PROCEDURES, procedure_label  # noqa: E402
+from vismae.experiments.roi_aware.rules import PROCEDURES, procedure_label  # noqa: E402
 from vismae.io import atomic_path  # noqa: E402
 
 

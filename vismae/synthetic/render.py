@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vismae.data.phantom.anatomy import Anatomy, render_anatomy, smooth_noise
-from vismae.data.phantom.cohort import SIDES, VIEWS, Breast, Patient
-from vismae.data.phantom.lesions import DrawnLesion, draw_lesion
+from vismae.synthetic.anatomy import Anatomy, render_anatomy, smooth_noise
+from vismae.synthetic.cohort import SIDES, VIEWS, Breast, Patient
+from vismae.synthetic.lesions import DrawnLesion, draw_lesion
 
 KNEE = 0.86  # brightness above which dense tissue saturates smoothly instead of clipping
 

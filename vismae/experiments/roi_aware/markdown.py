@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from vismae.data.manifest import VIEW_NAMES
-from vismae.experiments.roi_rules import ANNOTATION_WARNING
+from vismae.experiments.roi_aware.rules import ANNOTATION_WARNING
 from vismae.metrics import CLASSIFICATION_METRICS
 
 METRIC_TITLES = {"sensitivity": "Sensitivity", "specificity": "Specificity", "f1": "F1", "accuracy": "Accuracy",

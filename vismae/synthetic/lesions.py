@@ -19,8 +19,8 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
-from vismae.data.phantom.anatomy import Anatomy, smooth_noise
-from vismae.data.phantom.cohort import VIEWS, Lesion
+from vismae.synthetic.anatomy import Anatomy, smooth_noise
+from vismae.synthetic.cohort import VIEWS, Lesion
 
 SUPERSAMPLE = 4
 SHIFT = 4  # OpenCV draws at 1/16 pixel precision with coordinates in fixed point
