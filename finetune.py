@@ -5,25 +5,18 @@ directly or through Accelerate, on one device or many:
 
 Overrides use the config's dotted keys (train.epochs=10, data.manifest=cache/manifest.csv).
 Running the same command again returns a finished run and resumes an interrupted one.
+The same as `vismae finetune`, whose arguments and code it runs (vismae/commands/finetune.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
+
+from vismae.cli import script_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    from vismae.commands.finetune import add_arguments, run
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except (ValueError, FileNotFoundError) as error:  # bad config or data: one clear line
-        print(f"finetune: error: {error}", file=sys.stderr)
-        return 2
+    return script_main("finetune", argv)
 
 
 if __name__ == "__main__":

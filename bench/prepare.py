@@ -18,12 +18,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import JPEG2000Lossless, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
 
 from vismae.data.cache import PrepareSettings, prepare_one
 from vismae.data.dicom import read_image
 from vismae.data.preprocess import Preprocessing, parse_size
+from vismae.synthetic.dicom_writer import write_dicom
 
 HEIGHT, WIDTH = 3518, 2800  # the most common VinDr-Mammo size
 
@@ -46,21 +46,6 @@ def synthetic_mammogram(seed: int = 0) -> np.ndarray:
     noise = rng.normal(0, 20, (HEIGHT, WIDTH)).astype(np.float32)  # keeps compression honest
     values = np.where(breast, 1500 + 1200 * (1 - xx / 2000) + 4000 * texture + noise, 60)
     return np.clip(values, 0, 4095).astype(np.uint16)
-
-
-def write_dicom(path: Path, stored: np.ndarray, compress: bool) -> None:
-    dataset = Dataset()
-    dataset.file_meta = FileMetaDataset()
-    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.2"
-    dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    dataset.SOPClassUID = dataset.file_meta.MediaStorageSOPClassUID
-    dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID
-    dataset.set_pixel_data(stored, photometric_interpretation="MONOCHROME2", bits_stored=12)
-    dataset.WindowCenter, dataset.WindowWidth = 2100, 3000
-    if compress:
-        dataset.compress(JPEG2000Lossless, encoding_plugin="pylibjpeg")
-    dataset.save_as(path, enforce_file_format=True)
 
 
 def time_format(path: Path, out_dir: Path, settings: PrepareSettings, repeats: int) -> dict:
@@ -111,9 +96,9 @@ def main(argv=None) -> int:
     results = {}
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
-        for name, compress in (("uncompressed", False), ("jpeg2000", True)):
+        for name, syntax in (("uncompressed", ExplicitVRLittleEndian), ("jpeg2000", JPEG2000Lossless)):
             path = folder / f"{name}.dcm"
-            write_dicom(path, stored, compress)
+            write_dicom(path, stored, bits_stored=12, transfer_syntax=syntax, WindowCenter=2100, WindowWidth=3000)
             results[name] = time_format(path, folder / "cache", settings, args.repeats)
     record = {
         "bench": "prepare",

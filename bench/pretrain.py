@@ -17,10 +17,11 @@ import time
 import timm
 import torch
 from timm.optim import create_optimizer_v2
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from vismae.models.decoders import DECODERS
 from vismae.models.mae import build_mae
-from vismae.models.presets import PRESETS
+from vismae.models.presets import PRESETS, encoder_config
 
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -45,6 +46,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--decoder", default="mirror", choices=sorted(DECODERS))
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--grad-checkpointing", action="store_true")
+    parser.add_argument("--sparse", action="store_true", help="encode the visible tokens only (vismae.models.sparse_swin)")
+    parser.add_argument(
+        "--mask-unit-px",
+        type=int,
+        default=None,
+        help="masking unit in pixels (default: 16, or with --sparse the last stage's stride, 32 for the presets)",
+    )
+    parser.add_argument(
+        "--peak-tflops", type=float, default=None, help="the device's peak for MFU, where the built-in table has none"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument(
         "--keep-denormals",
@@ -79,6 +90,65 @@ def peak_memory_mb(device: torch.device) -> tuple[float, str]:
     return rss / (2**20 if sys.platform == "darwin" else 2**10), "process_max_rss"
 
 
+# ---------------------------------------------------------------------------------------------
+# FLOPs and model FLOP utilization.
+
+# Dense (no structured sparsity) peaks in TFLOP/s from NVIDIA's datasheets, by device-name part;
+# fp16 peaks equal bf16 ones on these parts. The first match wins.
+GPU_PEAK_TFLOPS = (
+    (("H200", "NVL"), {"bf16": 835.0, "tf32": 417.5, "fp32": 60.0}),
+    (("H200",), {"bf16": 989.4, "tf32": 494.7, "fp32": 66.9}),
+    (("H100", "NVL"), {"bf16": 835.0, "tf32": 417.5, "fp32": 60.0}),
+    (("H100", "PCIE"), {"bf16": 756.0, "tf32": 378.0, "fp32": 51.2}),
+    (("H100",), {"bf16": 989.4, "tf32": 494.7, "fp32": 66.9}),  # SXM
+    (("A100",), {"bf16": 312.0, "tf32": 156.0, "fp32": 19.5}),
+)
+
+
+def peak_tflops(device: torch.device, precision: str, given: float | None) -> tuple[float | None, str | None]:
+    """(peak TFLOP/s for MFU, where it comes from); none on the CPU unless given."""
+    if given:
+        return given, "--peak-tflops"
+    if device.type != "cuda":
+        return None, None
+    name = torch.cuda.get_device_name(device).upper()
+    if precision == "fp32":
+        # fp32 matmuls run on tensor cores (TF32) only when torch is allowed to.
+        kind = "fp32" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+    else:
+        kind = "bf16"
+    for parts, peaks in GPU_PEAK_TFLOPS:
+        if all(part in name for part in parts):
+            return peaks[kind], f"{' '.join(parts)} {kind} dense datasheet peak"
+    return None, f"no known peak for {name}: pass --peak-tflops"
+
+
+def _cpu_attention_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query, key, value)
+
+
+def _cpu_attention_backward_flops(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+# torch's counter knows the GPU attention kernels but not the CPU one.
+CPU_ATTENTION_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_attention_backward_flops,
+}
+
+
+def count_flops(model, images, draw_mask, autocast_dtype) -> int:
+    """FLOPs of one forward + backward on ``images`` (the uncompiled model, gradients dropped)."""
+    token_mask = draw_mask()
+    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
+        with torch.autocast(images.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            loss = model(images, token_mask).loss
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads:
@@ -89,7 +159,11 @@ def main(argv=None) -> int:
     flush_denormal = device.type == "cpu" and not args.keep_denormals and torch.set_flush_denormal(True)
     torch.manual_seed(0)
 
-    model = build_mae(args.preset, args.size, decoder=args.decoder).to(device).train()
+    masking = {"mask_unit_px": args.mask_unit_px} if args.mask_unit_px else {}
+    if args.sparse and not args.mask_unit_px:  # the smallest unit the sparse encoder takes
+        masking["mask_unit_px"] = encoder_config(args.preset, args.size).total_stride
+    model = build_mae(args.preset, args.size, decoder=args.decoder, sparse=args.sparse, **masking).to(device).train()
+    mask_unit_px = model.config.mask_unit_px
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
     # The VIS-MAE pretraining optimizer; timm keeps norms, biases and no_weight_decay() names undecayed.
@@ -117,6 +191,8 @@ def main(argv=None) -> int:
 
     for _ in range(args.warmup):
         train_step()
+    flops_per_image = count_flops(model, images, lambda: model.draw_mask(args.batch, device, generator), autocast_dtype)
+    flops_per_image /= args.batch
     synchronize()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -127,9 +203,19 @@ def main(argv=None) -> int:
     elapsed, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
 
     memory, memory_kind = peak_memory_mb(device)
+    images_per_s = args.batch * args.steps / elapsed
+    achieved = flops_per_image * images_per_s
+    peak, peak_source = peak_tflops(device, args.precision, args.peak_tflops)
     result = {
         "benchmark": "pretrain",
-        "images_per_s": round(args.batch * args.steps / elapsed, 3),
+        "images_per_s": round(images_per_s, 3),
+        # Forward + backward per image as torch's FlopCounterMode counts them (matmuls,
+        # convolutions, attention), so dense and sparse are counted alike.
+        "gflops_per_image": round(flops_per_image / 1e9, 3),
+        "achieved_gflop_per_s": round(achieved / 1e9, 2),
+        "peak_tflops": peak,
+        "peak_source": peak_source,
+        "mfu": round(achieved / (peak * 1e12), 4) if peak else None,
         "step_s": round(elapsed / args.steps, 4),
         # process CPU seconds per step (all threads): steadier than wall time on a shared machine
         "cpu_s_per_step": round(cpu_seconds / args.steps, 4),
@@ -146,6 +232,8 @@ def main(argv=None) -> int:
             "device": str(device),
             "precision": args.precision,
             "decoder": args.decoder,
+            "sparse": args.sparse,
+            "mask_unit_px": mask_unit_px,
             "compile": args.compile,
             "grad_checkpointing": args.grad_checkpointing,
             "flush_denormal": flush_denormal,

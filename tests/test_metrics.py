@@ -35,9 +35,20 @@ def test_classification_metrics_on_a_hand_worked_confusion_matrix():
     assert m["sensitivity"] == pytest.approx(2 / 3)
     assert m["specificity"] == pytest.approx(4 / 5)
     assert m["f1"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))
+    # The harmonic mean of 2/3 and 4/5, not F1: it weighs the benign class as much as the malignant.
+    assert m["f_sens_spec"] == pytest.approx(2 * (2 / 3) * (4 / 5) / (2 / 3 + 4 / 5))
     assert m["accuracy"] == pytest.approx(6 / 8)
     assert m["roc_auc"] == pytest.approx(11 / 15)
-    assert (m["n"], m["positives"], m["threshold"]) == (8, 3, 0.5)
+    assert (m["n"], m["positives"], m["negatives"], m["threshold"]) == (8, 3, 5, 0.5)
+
+
+def test_f_sens_spec_edge_cases():
+    assert metrics.f_sens_spec(0.0, 1.0) == 0.0  # the paper's collapsed baseline: everything benign
+    assert metrics.f_sens_spec(0.0, 0.0) == 0.0  # both rates zero: nothing right, not undefined
+    assert math.isnan(metrics.f_sens_spec(float("nan"), 0.8))
+    assert metrics.f_sens_spec(np.array([0.5, 1.0]), np.array([0.5, 0.0])).tolist() == [0.5, 0.0]
+    negatives_only = metrics.classification_metrics([0, 0], [0.1, 0.9])
+    assert math.isnan(negatives_only["f_sens_spec"])
 
 
 def test_the_threshold_is_inclusive():
@@ -102,16 +113,20 @@ def test_a_chosen_threshold_reaches_its_sensitivity():
 # --- segmentation ------------------------------------------------------------------------
 
 
+def dice(pred, true) -> float:
+    return float(metrics.per_image_segmentation([pred], [true])["dice"].iloc[0])
+
+
 def test_dice_hand_cases():
     pred = np.zeros((4, 4), bool)
     pred[:2, :2] = True  # 4 pixels
     true = np.zeros((4, 4), bool)
     true[0, :3] = True  # 3 pixels, 2 shared
-    assert metrics.dice(pred, true) == pytest.approx(2 * 2 / (4 + 3))
-    assert metrics.dice(pred, pred) == 1.0
-    assert metrics.dice(np.zeros((4, 4)), np.zeros((4, 4))) == 1.0  # empty-empty convention
-    assert metrics.dice(np.zeros((4, 4)), true) == 0.0
-    assert metrics.dice(pred.astype(np.uint8) * 255, true.astype(np.uint8)) == pytest.approx(4 / 7)
+    assert dice(pred, true) == pytest.approx(2 * 2 / (4 + 3))
+    assert dice(pred, pred) == 1.0
+    assert dice(np.zeros((4, 4)), np.zeros((4, 4))) == 1.0  # empty-empty convention
+    assert dice(np.zeros((4, 4)), true) == 0.0
+    assert dice(pred.astype(np.uint8) * 255, true.astype(np.uint8)) == pytest.approx(4 / 7)
 
 
 def test_dice_matches_monai():
@@ -122,21 +137,25 @@ def test_dice_matches_monai():
     pred = rng.random((5, 16, 16)) > 0.6
     true = rng.random((5, 16, 16)) > 0.7
     true[4] = pred[4] = False  # an empty pair
+    true[3] = False  # a false alarm on an image without ROI
     expected = compute_dice(
         torch.from_numpy(pred[:, None]).float(), torch.from_numpy(true[:, None]).float(), ignore_empty=False
     ).numpy()[:, 0]
-    ours = [metrics.dice(p, t) for p, t in zip(pred, true)]
-    np.testing.assert_allclose(ours, expected, rtol=1e-6)
+    ours = metrics.per_image_segmentation(pred, true)["dice"].to_numpy()
+    np.testing.assert_allclose(ours, expected, rtol=1e-6)  # MONAI computes in float32
+    assert ours[3] == 0.0 and ours[4] == 1.0
 
 
 def test_dice_rejects_probabilities_and_mismatched_shapes():
     with pytest.raises(ValueError, match="threshold probabilities"):
-        metrics.dice(np.full((2, 2), 0.7), np.ones((2, 2)))
+        dice(np.full((2, 2), 0.7), np.ones((2, 2)))
     with pytest.raises(ValueError, match="differ in shape"):
-        metrics.dice(np.ones((2, 2)), np.ones((2, 3)))
+        dice(np.ones((2, 2)), np.ones((2, 3)))
+    with pytest.raises(ValueError, match="2 predictions but 1 masks"):
+        metrics.per_image_segmentation([np.ones((2, 2))] * 2, [np.ones((2, 2))])
 
 
-def test_segmentation_metrics_per_image_and_pooled():
+def test_segmentation_per_image_and_pooled():
     full = np.ones((2, 2), bool)
     empty = np.zeros((2, 2), bool)
     one = np.array([[1, 0], [0, 0]], bool)
@@ -146,21 +165,23 @@ def test_segmentation_metrics_per_image_and_pooled():
     np.testing.assert_allclose(table["dice"], [2 / 5, 1.0, 0.0])
     np.testing.assert_allclose(table["precision"], [1.0, 1.0, 0.0])
     np.testing.assert_allclose(table["recall"], [0.25, 1.0, np.nan])  # no mask: recall undefined
-    summary = metrics.segmentation_metrics(preds, targets)
+    summary = metrics.summarize_segmentation(table)
     assert summary["dice"] == pytest.approx((0.4 + 1.0 + 0.0) / 3)
     assert summary["recall"] == pytest.approx((0.25 + 1.0) / 2)  # NaN left out of the mean
     # Pooled: tp 1, fp 1, fn 3 over all pixels.
     assert summary["dice_pooled"] == pytest.approx(2 / (2 + 1 + 3))
     assert summary["precision_pooled"] == pytest.approx(0.5)
     assert summary["recall_pooled"] == pytest.approx(0.25)
-    assert (summary["n"], summary["empty_masks"]) == (3, 2)
+    # Nothing to find and nothing found anywhere: pooled Dice 1, pooled rates undefined.
+    nothing = metrics.summarize_segmentation(metrics.per_image_segmentation([empty, empty], [empty, empty]))
+    assert nothing["dice_pooled"] == 1.0 and math.isnan(nothing["precision_pooled"]) and math.isnan(nothing["recall_pooled"])
 
 
 def test_segmentation_pooled_dice_agrees_with_scikit_learn_f1():
     rng = np.random.default_rng(2)
     preds = rng.random((4, 8, 8)) > 0.5
     targets = rng.random((4, 8, 8)) > 0.5
-    summary = metrics.segmentation_metrics(preds, targets)
+    summary = metrics.summarize_segmentation(metrics.per_image_segmentation(preds, targets))
     assert summary["dice_pooled"] == pytest.approx(f1_score(targets.ravel(), preds.ravel()))
     assert summary["precision_pooled"] == pytest.approx(precision_score(targets.ravel(), preds.ravel()))
 
@@ -203,7 +224,7 @@ def test_vectorized_intervals_match_the_generic_bootstrap():
         lambda a, b: metrics.classification_metrics(a, b, 0.4), (y, s), groups=patients, n_boot=150, seed=7
     )
     for name in metrics.CLASSIFICATION_METRICS:
-        for key in ("value", "low", "high", "skipped"):
+        for key in ("value", "low", "high", "undefined"):
             assert fast[name][key] == pytest.approx(slow[name][key], abs=1e-12), (name, key)
 
 
@@ -213,11 +234,48 @@ def test_undefined_resamples_are_skipped_and_counted():
     y[:2] = 1
     s = np.linspace(0, 1, 30)
     result = metrics.metrics_with_ci(y, s, np.arange(30), n_boot=300, seed=0)
-    skipped = result["sensitivity"]["skipped"]
-    assert 0 < skipped < 300
-    assert skipped == pytest.approx(300 * (28 / 30) ** 30, rel=0.5)
-    assert result["specificity"]["skipped"] == 0
+    undefined = result["sensitivity"]["undefined"]
+    assert 0 < undefined < 300
+    assert undefined == pytest.approx(300 * (28 / 30) ** 30, rel=0.5)
+    assert result["sensitivity"]["skipped"] == undefined  # the former name, for older readers
+    assert result["specificity"]["undefined"] == 0
+    assert result["f_sens_spec"]["undefined"] == undefined  # undefined wherever sensitivity is
     assert not math.isnan(result["sensitivity"]["low"])
+    for name in metrics.CLASSIFICATION_METRICS:
+        assert (result[name]["n_positive"], result[name]["n_negative"], result[name]["n_boot"]) == (2, 28, 300)
+    assert (result["positives"], result["negatives"], result["n_boot"]) == (2, 28, 300)
+
+
+def test_an_interval_resting_on_one_positive_is_marked_unreliable():
+    # One malignant patient among 30, found: every resample that draws it says sensitivity 1.0,
+    # the 1 - (29/30)^30 = 36 % that miss it have none. "1.000 [1.000, 1.000]" would be a lie.
+    y = np.zeros(30, int)
+    y[0] = 1
+    s = np.where(y == 1, 0.9, np.linspace(0, 0.8, 30))
+    result = metrics.metrics_with_ci(y, s, np.arange(30), n_boot=400, seed=0)
+    sensitivity = result["sensitivity"]
+    assert (sensitivity["low"], sensitivity["high"]) == (1.0, 1.0)
+    assert sensitivity["undefined"] == pytest.approx(400 * (29 / 30) ** 30, rel=0.2)
+    assert metrics.undefined_share(sensitivity) == sensitivity["undefined"] / 400
+    problem = metrics.interval_problem(sensitivity)
+    assert problem is not None and "1 positive, 29 negatives" in problem and "of 400 resamples" in problem
+    text = metrics.value_with_interval(sensitivity)
+    assert text.startswith("1.000 [interval unreliable: undefined in 3") and "[1.000, 1.000]" not in text
+    for name in ("roc_auc", "pr_auc", "f_sens_spec"):
+        assert metrics.interval_problem(result[name]) is not None, name
+    # Specificity rests on 29 negatives, defined in every resample: shown as numbers.
+    assert result["specificity"]["undefined"] == 0 and metrics.interval_problem(result["specificity"]) is None
+    assert metrics.value_with_interval(result["specificity"]).count("[") == 1
+    assert "unreliable" not in metrics.value_with_interval(result["specificity"])
+
+
+def test_the_unreliable_threshold_is_five_percent_and_old_entries_pass():
+    entry = {"value": 0.5, "low": 0.4, "high": 0.6, "n_boot": 1000}
+    assert metrics.interval_problem({**entry, "undefined": 50}) is None
+    assert metrics.interval_problem({**entry, "undefined": 51}) == "undefined in 5 % of 1000 resamples"
+    assert metrics.interval_problem({**entry, "skipped": 200}) is not None  # an older file's name
+    assert metrics.interval_problem({"value": 0.5, "low": 0.4, "high": 0.6}) is None  # no count kept
+    assert metrics.value_with_interval({**entry, "undefined": 0}) == "0.500 [0.400, 0.600]"
 
 
 def test_bootstrap_ci_on_a_frame_with_a_group_column():
@@ -225,7 +283,7 @@ def test_bootstrap_ci_on_a_frame_with_a_group_column():
     result = metrics.bootstrap_ci(lambda f: f["value"].mean(), frame, groups="patient", n_boot=300, seed=0)
     assert result["value"] == pytest.approx(24.5)
     assert result["low"] < 24.5 < result["high"]
-    assert result["n_boot"] == 300 and result["skipped"] == 0
+    assert result["n_boot"] == 300 and result["undefined"] == 0
     # Standard error of a mean of 50 uniform draws on 0..49 is about 2; 95 % spans about 8.
     assert 5 < width(result) < 11
 
@@ -238,7 +296,7 @@ def test_bootstrap_ci_counts_resamples_where_the_metric_raises():
 
     y = np.array([1, 0, 0, 0, 0, 0])
     result = metrics.bootstrap_ci(needs_two_classes, (y, np.arange(6.0)), groups=np.arange(6), n_boot=200, seed=0)
-    assert 0 < result["skipped"] < 200
+    assert 0 < result["undefined"] < 200
 
 
 def test_bootstrap_rejects_misaligned_input():

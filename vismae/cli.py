@@ -1,6 +1,8 @@
 """The `vismae` command. Each subcommand lives in vismae/commands/<name>.py and exposes
 ``register(subparsers)``; those modules import only argparse at the top so that
-``vismae --help`` stays instant, and pull in torch and friends when they run."""
+``vismae --help`` stays instant, and pull in torch and friends when they run. The commands
+that the repository's pretrain.py and finetune.py also start (see ``script_main``) expose
+``configure(parser)`` and ``DESCRIPTION`` too, so both entry points share one parser."""
 
 from __future__ import annotations
 
@@ -17,7 +19,11 @@ COMMANDS = [
     "summarize",
     "prepare",
     "split",
+    "pretrain",
     "finetune",
+    "predict",
+    "export_model",
+    "probe",
     "roi_aware",
     "sweep",
     "report",
@@ -27,7 +33,9 @@ COMMANDS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vismae", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="vismae", description="Swin MAE pretraining and ROI-aware finetuning on mammograms, from raw datasets to reports."
+    )
     parser.add_argument("--version", action="version", version=f"vismae {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
@@ -37,11 +45,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    return run_command(args, f"vismae {args.command}")
+
+
+def script_main(command: str, argv: list[str] | None = None) -> int:
+    """What the repository's pretrain.py and finetune.py run: the subcommand ``command`` with
+    its own arguments, under the script's name, so `accelerate launch <command>.py ...` can
+    start it on every process."""
+    module = importlib.import_module(f"vismae.commands.{command}")
+    parser = argparse.ArgumentParser(prog=f"{command}.py", description=module.DESCRIPTION)
+    module.configure(parser)
+    args = parser.parse_args(argv)
+    args.command = command
+    return run_command(args, command)
+
+
+def run_command(args: argparse.Namespace, name: str) -> int:
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as error:
         # Bad input is reported as one clear line, not a traceback.
-        print(f"vismae {args.command}: error: {error}", file=sys.stderr)
+        print(f"{name}: error: {error}", file=sys.stderr)
         return 2
 
 

@@ -7,8 +7,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-# The shipped configs the demo runs; they live beside the package in the repository.
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+from vismae.shipped_configs import shipped_config  # the demo's recipes: vismae/configs/*/demo*.yaml
 
 # The datasets the demo synthesizes, read and prepares: VinDr-Mammo's DICOM layout and
 # CDD-CESM's JPEG + spreadsheet layout, the two datasets of the ROI-aware paper.
@@ -90,7 +89,7 @@ def pretrain(settings: DemoSettings, caches: dict[str, Path]) -> Path:
     started = _stage("pretrain: Swin MAE on every cached image, labelled or not")
     manifests = ",".join(str(cache / "manifest.csv") for cache in caches.values())
     config = load_pretrain_config(
-        CONFIGS / "pretrain" / "demo.yaml",
+        shipped_config("pretrain", "demo.yaml"),
         [f"output_dir={Path(settings.out) / 'pretrain'}", f"data.manifests=[{manifests}]", f"data.size={settings.size}"],
     )
     run_dir = run(config)
@@ -108,7 +107,7 @@ def finetune_both_inits(settings: DemoSettings, cache: Path, encoder: Path) -> d
         for init_name, init in (("pretrained", str(encoder)), ("random", "random:tiny")):
             started = _stage(f"finetune: {task} from the {init_name} encoder")
             config = load_finetune_config(
-                CONFIGS / "finetune" / f"demo-{task}.yaml",
+                shipped_config("finetune", f"demo-{task}.yaml"),
                 [
                     f"init={init}",
                     f"output_dir={Path(settings.out) / 'finetune' / f'{task}-{init_name}'}",
@@ -143,7 +142,7 @@ def roi_aware(settings: DemoSettings, cache: Path, encoder: Path) -> Path:
 
     started = _stage("roi-aware: the ROI paper's procedures, and a deployable one")
     config = load_roi_aware_config(
-        CONFIGS / "roi_aware" / "demo.yaml",
+        shipped_config("roi_aware", "demo.yaml"),
         [
             f"output_dir={Path(settings.out) / 'roi_aware'}",
             f"manifest={cache / 'manifest.csv'}",
@@ -164,7 +163,7 @@ def sweep(settings: DemoSettings, cache: Path, encoder: Path) -> Path:
     started = _stage("sweep: label efficiency, pretrained vs random init")
     folder = Path(settings.out) / "sweep"
     config = load_sweep_config(
-        CONFIGS / "sweep" / "demo.yaml",
+        shipped_config("sweep", "demo.yaml"),
         [f"output_dir={folder}", f"manifest={cache / 'manifest.csv'}", f"inits.ours={encoder}", f"finetune.data.size={settings.size}"],
     )
     run_sweep(config)

@@ -1,12 +1,16 @@
-"""Atomic file writes: a reader never sees a half-written file, an interrupted run leaves none."""
+"""Atomic file writes (a reader never sees a half-written file, an interrupted run leaves
+none), input digests and absolute paths: the file-level helpers every layer may import."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
+
+import yaml
 
 
 @contextlib.contextmanager
@@ -37,3 +41,39 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 def write_json(path: str | os.PathLike, data) -> Path:
     return write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def write_yaml(path: str | os.PathLike, data) -> Path:
+    """``data`` (plain dicts, lists and scalars) as block YAML, keys in their given order."""
+    return write_text(path, yaml.safe_dump(data, sort_keys=False))
+
+
+def write_csv(path: str | os.PathLike, table, **options) -> Path:
+    """A pandas DataFrame as CSV, without its index unless ``index=True`` is given."""
+    options.setdefault("index", False)
+    with atomic_path(path) as temporary:
+        table.to_csv(temporary, **options)
+    return Path(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Leaf helpers every layer may use (the data readers and the config schemas included): what
+# identifies a run's input, and paths that stay valid when a run is resumed from elsewhere.
+
+def input_digest(items, columns: list[str] | None = None) -> str:
+    """16 hex characters of SHA-256 that identify a run's input, saved with the run and
+    compared when it is continued: a list of strings taken in order (``columns`` None), or
+    a table's ``columns`` with the rows sorted by the first of them."""
+    if columns is None:
+        text = "\n".join(items)
+    else:
+        text = items[list(columns)].sort_values(columns[0]).to_csv(index=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def absolute_path(path: str | os.PathLike | None) -> str | None:
+    """``path`` resolved against the working directory, so that a saved config names the same
+    file whichever folder a later run is started from; None and "" (no path given) stay None."""
+    if path is None or str(path) == "":
+        return None
+    return str(Path(path).expanduser().resolve())

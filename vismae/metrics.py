@@ -1,7 +1,9 @@
 """Metrics for classification and segmentation, with patient-level bootstrap intervals.
 
 Classification reports both papers' numbers: sensitivity, specificity, F1 and accuracy at a
-threshold (the ROI-aware paper) and ROC AUC and PR AUC, i.e. average precision (VIS-MAE).
+threshold, and ROC AUC and PR AUC, i.e. average precision (VIS-MAE). The ROI-aware paper's
+"F-score" is not F1: it is the harmonic mean of sensitivity and specificity (2 Se Sp / (Se + Sp)
+reproduces all eight of its published cells, binary F1 does not), reported as ``f_sens_spec``.
 Segmentation reports Dice, precision and recall per image and pooled over all pixels.
 
 A value that is undefined on the data at hand (a rate with an empty denominator, an AUC with
@@ -9,7 +11,11 @@ one class present) is NaN: never an exception, never a made-up 0 or 1. The one c
 segmentation's: an empty prediction on an empty mask is a perfect answer (Dice 1).
 
 Intervals resample patients, not images: a patient's views are correlated, so resampling
-images would pretend there is more evidence than there is.
+images would pretend there is more evidence than there is. Every interval says what it rests
+on: the positives and negatives of the data and the number of resamples in which the metric
+was undefined (a resample that drew no positive patient has no sensitivity). Where more than
+5 % of the resamples were undefined the interval describes only the lucky resamples, and
+reports print it as unreliable instead of as numbers (``interval_problem``).
 """
 
 from __future__ import annotations
@@ -28,8 +34,10 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-CLASSIFICATION_METRICS = ("sensitivity", "specificity", "f1", "accuracy", "roc_auc", "pr_auc")
+CLASSIFICATION_METRICS = ("sensitivity", "specificity", "f1", "f_sens_spec", "accuracy", "roc_auc", "pr_auc")
 NAN = float("nan")
+# Above this share of undefined resamples an interval is reported as unreliable, not as numbers.
+UNRELIABLE_UNDEFINED_SHARE = 0.05
 
 
 # --- classification ----------------------------------------------------------------------
@@ -62,24 +70,39 @@ def _ratio(numerator, denominator):
     return out if out.ndim else float(out)
 
 
-def classification_metrics(y_true, y_score, threshold: float = 0.5) -> dict:
-    """Sensitivity, specificity, F1, accuracy (score >= threshold is positive), ROC AUC, PR AUC.
+def f_sens_spec(sensitivity, specificity):
+    """The harmonic mean of sensitivity and specificity, 2 Se Sp / (Se + Sp): the ROI-aware
+    paper's "F-score". NaN where either rate is undefined; 0 where both are 0."""
+    sensitivity = np.asarray(sensitivity, dtype=float)
+    specificity = np.asarray(specificity, dtype=float)
+    out = np.where(sensitivity + specificity == 0, 0.0, _ratio(2 * sensitivity * specificity, sensitivity + specificity))
+    out = np.where(np.isnan(sensitivity) | np.isnan(specificity), np.nan, out)
+    return out if out.ndim else float(out)
 
-    Also returns what they were computed on: n, positives, threshold and the confusion counts.
+
+def classification_metrics(y_true, y_score, threshold: float = 0.5) -> dict:
+    """Sensitivity, specificity, F1, the harmonic mean of sensitivity and specificity
+    (``f_sens_spec``), accuracy (score >= threshold is positive), ROC AUC, PR AUC.
+
+    Also returns what they were computed on: n, positives, negatives, threshold and the
+    confusion counts.
     """
     y_true, y_score = _binary_inputs(y_true, y_score)
     y_pred = (y_score >= threshold).astype(int)
     tn, fp, fn, tp = (int(v) for v in confusion_matrix(y_true, y_pred, labels=[0, 1]).ravel())
     positives, negatives = tp + fn, tn + fp
+    sensitivity, specificity = _ratio(tp, positives), _ratio(tn, negatives)
     return {
-        "sensitivity": _ratio(tp, positives),
-        "specificity": _ratio(tn, negatives),
+        "sensitivity": sensitivity,
+        "specificity": specificity,
         "f1": float(f1_score(y_true, y_pred, zero_division=np.nan)),
+        "f_sens_spec": f_sens_spec(sensitivity, specificity),
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "roc_auc": float(roc_auc_score(y_true, y_score)) if positives and negatives else NAN,
         "pr_auc": float(average_precision_score(y_true, y_score)) if positives else NAN,
         "n": len(y_true),
         "positives": positives,
+        "negatives": negatives,
         "threshold": float(threshold),
         "tp": tp,
         "fp": fp,
@@ -135,15 +158,17 @@ def _pixel_counts(pred_mask, true_mask) -> tuple[int, int, int]:
 
 
 def _dice_from_counts(tp, fp, fn):
-    # Both masks empty: nothing to find and nothing found, counted as perfect (Dice 1), the
-    # convention MONAI's compute_dice follows with ignore_empty=False.
+    """Dice = 2 TP / (2 TP + FP + FN) = 2|P and T| / (|P| + |T|); 1 where both masks are empty.
+
+    The project's one Dice, per image and pooled alike. Both masks empty: nothing to find and
+    nothing found, counted as perfect, the convention of MONAI's compute_dice with
+    ignore_empty=False (a test checks the two agree image by image). MONAI is not called:
+    its compute_dice needs the masks, while pooled Dice and its bootstrap work from the pixel
+    counts a predictions table keeps; it computes in float32, which would change the reported
+    numbers in their last digits; and its count-based F1 gives NaN, not 1, on empty pairs.
+    """
     denominator = 2 * np.asarray(tp) + fp + fn
     return np.where(denominator == 0, 1.0, _ratio(2 * np.asarray(tp), denominator))
-
-
-def dice(pred_mask, true_mask) -> float:
-    """Dice = 2|P and T| / (|P| + |T|) of two binary masks; 1.0 when both are empty."""
-    return float(_dice_from_counts(*_pixel_counts(pred_mask, true_mask)))
 
 
 def per_image_segmentation(preds, targets) -> pd.DataFrame:
@@ -170,22 +195,18 @@ def per_image_segmentation(preds, targets) -> pd.DataFrame:
     )
 
 
-def segmentation_metrics(preds, targets) -> dict:
-    """Mean per-image Dice, precision and recall (undefined ones left out of the mean), the
-    same three pooled over all pixels of all images, n and the number of empty masks."""
-    table = per_image_segmentation(preds, targets)
-    if table.empty:
-        raise ValueError("no images to score")
-    tp, fp, fn = (int(table[c].sum()) for c in ("tp", "fp", "fn"))
+def summarize_segmentation(table: pd.DataFrame) -> dict:
+    """Mean per-image Dice, precision and recall (undefined ones left out of the mean) and the
+    same three pooled over all pixels of all images, from a table of per-image counts: the
+    one ``per_image_segmentation`` returns, or a segmenter's predictions table."""
+    tp, fp, fn = (float(table[name].sum()) for name in ("tp", "fp", "fn"))
     return {
         "dice": float(table["dice"].mean()),
         "precision": float(table["precision"].mean()),
         "recall": float(table["recall"].mean()),
         "dice_pooled": float(_dice_from_counts(tp, fp, fn)),
-        "precision_pooled": _ratio(tp, tp + fp),
-        "recall_pooled": _ratio(tp, tp + fn),
-        "n": len(table),
-        "empty_masks": int(((table["tp"] + table["fn"]) == 0).sum()),
+        "precision_pooled": float(_ratio(tp, tp + fp)),
+        "recall_pooled": float(_ratio(tp, tp + fn)),
     }
 
 
@@ -221,12 +242,58 @@ def _interval(samples: np.ndarray, alpha: float) -> tuple[float, float, int]:
     return float(low), float(high), int(len(samples) - len(defined))
 
 
-def _summaries(value, samples: dict[str, list], alpha: float, n_boot: int) -> dict:
+def _summaries(value, samples: dict[str, list], alpha: float, n_boot: int, **counts: int) -> dict:
+    """Each metric's value and interval, with what the interval rests on: ``undefined`` (the
+    resamples where the metric had no value; ``skipped`` is the same count under its former
+    name, for readers of older files), ``n_boot`` and the ``counts`` given (the positives and
+    negatives of a classification)."""
     out = {}
     for name, values in samples.items():
-        low, high, skipped = _interval(np.array(values), alpha)
-        out[name] = {"value": float(value[name]), "low": low, "high": high, "skipped": skipped, "n_boot": n_boot}
+        low, high, undefined = _interval(np.array(values), alpha)
+        out[name] = {"value": float(value[name]), "low": low, "high": high, "undefined": undefined,
+                     "skipped": undefined, "n_boot": n_boot, **counts}  # fmt: skip
     return out
+
+
+def undefined_share(entry: Mapping) -> float | None:
+    """The share of an interval's resamples in which its metric was undefined; None when the
+    entry does not say (a file written before the count was kept)."""
+    undefined = entry.get("undefined", entry.get("skipped"))
+    n_boot = entry.get("n_boot")
+    if undefined is None or not n_boot:
+        return None
+    return float(undefined) / float(n_boot)
+
+
+def interval_problem(entry: Mapping) -> str | None:
+    """Why an interval must not be shown as numbers, or None when it may.
+
+    An interval over the resamples where the metric was defined speaks only for those: with
+    one positive patient, the 37 % of resamples that miss it have no sensitivity and the rest
+    all say 1.0, an interval of "1.000-1.000" that claims a certainty the data do not hold.
+    Above ``UNRELIABLE_UNDEFINED_SHARE`` undefined resamples the interval is unreliable.
+    """
+    share = undefined_share(entry)
+    if share is None or share <= UNRELIABLE_UNDEFINED_SHARE:
+        return None
+    reason = f"undefined in {100 * share:.0f} % of {int(entry['n_boot'])} resamples"
+    if entry.get("n_positive") is not None and entry.get("n_negative") is not None:
+        reason += f"; {_counted(entry['n_positive'], 'positive')}, {_counted(entry['n_negative'], 'negative')}"
+    return reason
+
+
+def _counted(number, noun: str) -> str:
+    return f"{int(number)} {noun}" + ("" if int(number) == 1 else "s")
+
+
+def value_with_interval(entry: Mapping, digits: int = 3) -> str:
+    """``0.930 [0.880, 0.960]``, or the value and why its interval is not shown:
+    ``1.000 [interval unreliable: undefined in 37 % of 1000 resamples; 1 positive, 29 negatives]``."""
+    problem = interval_problem(entry)
+    value = f"{entry['value']:.{digits}f}"
+    if problem:
+        return f"{value} [interval unreliable: {problem}]"
+    return f"{value} [{entry['low']:.{digits}f}, {entry['high']:.{digits}f}]"
 
 
 def bootstrap_ci(
@@ -242,9 +309,9 @@ def bootstrap_ci(
     ``data`` is a DataFrame (``metric_fn(frame)``; ``groups`` may name a column) or a tuple
     of equal-length arrays (``metric_fn(*arrays)``). Each resample draws as many patients as
     there are and takes all their rows. ``metric_fn`` returns a number or a dict of numbers;
-    the result is ``{"value", "low", "high", "skipped", "n_boot"}`` or a dict of those.
-    Resamples where a metric is NaN, or where ``metric_fn`` raises ValueError, are skipped
-    and counted; ``value`` is the metric on the data itself.
+    the result is ``{"value", "low", "high", "undefined", "skipped", "n_boot"}`` or a dict of
+    those. Resamples where a metric is NaN, or where ``metric_fn`` raises ValueError, are left
+    out of the interval and counted (``undefined``); ``value`` is the metric on the data itself.
     """
     is_frame = isinstance(data, pd.DataFrame)
     if is_frame:
@@ -290,10 +357,12 @@ def bootstrap_ci(
 def _batched_rates(counts: np.ndarray, tallies: np.ndarray) -> dict[str, np.ndarray]:
     """Threshold metrics for many resamples at once from per-patient confusion tallies."""
     tp, fp, fn, tn = (counts @ tallies).T
+    sensitivity, specificity = _ratio(tp, tp + fn), _ratio(tn, tn + fp)
     return {
-        "sensitivity": _ratio(tp, tp + fn),
-        "specificity": _ratio(tn, tn + fp),
+        "sensitivity": sensitivity,
+        "specificity": specificity,
         "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "f_sens_spec": f_sens_spec(sensitivity, specificity),
         "accuracy": _ratio(tp + tn, tp + fp + fn + tn),
     }
 
@@ -330,9 +399,10 @@ def metrics_with_ci(
 ) -> dict:
     """``classification_metrics`` with patient-level bootstrap intervals, vectorized.
 
-    Returns ``{metric: {"value", "low", "high", "skipped", "n_boot"}}`` for the six metrics,
-    plus n, positives, patients, threshold and alpha. Same resamples, hence the same
-    intervals, as ``bootstrap_ci(classification_metrics, ...)`` with the same seed.
+    Returns ``{metric: {"value", "low", "high", "undefined", "skipped", "n_boot", "n_positive",
+    "n_negative"}}`` for each of ``CLASSIFICATION_METRICS``, plus n, positives, negatives,
+    patients, threshold, alpha and n_boot. Same resamples, hence the same intervals, as
+    ``bootstrap_ci(classification_metrics, ...)`` with the same seed.
     """
     y_true, y_score = _binary_inputs(y_true, y_score)
     point = classification_metrics(y_true, y_score, threshold)
@@ -360,10 +430,12 @@ def metrics_with_ci(
         for name in CLASSIFICATION_METRICS:
             samples[name].extend(rates[name])
 
-    result = _summaries(point, samples, alpha, n_boot)
+    counts = {"n_positive": point["positives"], "n_negative": point["negatives"]}
+    result = _summaries(point, samples, alpha, n_boot, **counts)
     result.update(
-        n=point["n"], positives=point["positives"], patients=n_groups, threshold=float(threshold), alpha=alpha
-    )
+        n=point["n"], positives=point["positives"], negatives=point["negatives"], patients=n_groups,
+        threshold=float(threshold), alpha=alpha, n_boot=n_boot,
+    )  # fmt: skip
     return result
 
 

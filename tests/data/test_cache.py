@@ -6,8 +6,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
+from pydicom.uid import RLELossless
 
 from vismae import cli
 from vismae.data.cache import in_shard, merge, parse_shard, prepare, read_transforms, safe_name
@@ -38,23 +37,14 @@ def mirrored_box(box: dict) -> dict:
     return {**box, "xmin": WIDTH - box["xmax"], "xmax": WIDTH - box["xmin"]}
 
 
-def write_dicom(path, image: np.ndarray, monochrome1=False, compress=None):
+def mammogram_dicom(dicom_file, path, image: np.ndarray, monochrome1=False, compress=None):
+    """``image`` in [0, 1] as a 12-bit windowed DICOM of a named patient, stored inverted when MONOCHROME1."""
     stored = np.rint(image * 4000 + 20).astype(np.uint16)
-    dataset = Dataset()
-    dataset.file_meta = FileMetaDataset()
-    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.2"
-    dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    dataset.SOPClassUID = dataset.file_meta.MediaStorageSOPClassUID
-    dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID
-    dataset.PatientName = PATIENT_NAME
-    dataset.PatientBirthDate = BIRTH_DATE
-    photometric = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
-    dataset.set_pixel_data(4095 - stored if monochrome1 else stored, photometric_interpretation=photometric, bits_stored=12)
-    dataset.WindowCenter, dataset.WindowWidth = (4096 - 2020, 4000) if monochrome1 else (2020, 4000)
-    if compress:
-        dataset.compress(compress)
-    dataset.save_as(path, enforce_file_format=True)
+    options = {"transfer_syntax": compress} if compress else {}
+    if monochrome1:
+        stored, options["photometric"] = 4095 - stored, "MONOCHROME1"
+    dicom_file(path, stored, bits_stored=12, WindowCenter=4096 - 2020 if monochrome1 else 2020, WindowWidth=4000,
+               PatientName=PATIENT_NAME, PatientBirthDate=BIRTH_DATE, **options)  # fmt: skip
 
 
 def row(image_id, path, laterality, shapes=(), patient="P1"):
@@ -65,12 +55,12 @@ def row(image_id, path, laterality, shapes=(), patient="P1"):
     }
 
 
-def build_dataset(folder, corrupt=True):
+def build_dataset(folder, dicom_file, corrupt=True):
     """Six images in four formats (two with ROIs, one ROI a mask file), and a corrupt file."""
     folder.mkdir(parents=True, exist_ok=True)
-    write_dicom(folder / "l_lesion.dcm", breast_image(False, True))
-    write_dicom(folder / "r_lesion.dcm", breast_image(True, True), monochrome1=True, compress=RLELossless)
-    write_dicom(folder / "l_plain.dcm", breast_image(False, False))
+    mammogram_dicom(dicom_file, folder / "l_lesion.dcm", breast_image(False, True))
+    mammogram_dicom(dicom_file, folder / "r_lesion.dcm", breast_image(True, True), monochrome1=True, compress=RLELossless)
+    mammogram_dicom(dicom_file, folder / "l_plain.dcm", breast_image(False, False))
     cv2.imwrite(str(folder / "r16.png"), np.rint(breast_image(True, False) * 65535).astype(np.uint16))
     cv2.imwrite(str(folder / "l8.jpg"), np.rint(breast_image(False, False) * 255).astype(np.uint8))
     lesion_mask = (breast_image(True, True) > 0.9).astype(np.uint8) * 255
@@ -86,7 +76,7 @@ def build_dataset(folder, corrupt=True):
     ]
     if corrupt:
         # A download cut short: the header is fine, the pixel data is not all there.
-        write_dicom(folder / "whole.dcm", breast_image(False, False))
+        mammogram_dicom(dicom_file, folder / "whole.dcm", breast_image(False, False))
         data = (folder / "whole.dcm").read_bytes()
         (folder / "corrupt.dcm").write_bytes(data[: len(data) // 2])
         rows.append(row("corrupt", folder / "corrupt.dcm", "L", patient="P7"))
@@ -94,13 +84,13 @@ def build_dataset(folder, corrupt=True):
 
 
 @pytest.fixture
-def manifest(tmp_path):
-    return build_dataset(tmp_path / "raw")
+def manifest(tmp_path, dicom_file):
+    return build_dataset(tmp_path / "raw", dicom_file)
 
 
 @pytest.fixture
-def clean_manifest(tmp_path):
-    return build_dataset(tmp_path / "raw", corrupt=False)
+def clean_manifest(tmp_path, dicom_file):
+    return build_dataset(tmp_path / "raw", dicom_file, corrupt=False)
 
 
 def run_prepare(manifest, out, **options):

@@ -8,31 +8,16 @@ import pytest
 import torch
 
 from vismae.data.dataset import Augmentation, EpochShuffle, PretrainImages, read_cached_image
-from vismae.data.manifest import new_frame, write_manifest
+from vismae.synthetic.cache import CacheImage
 
 
-def cache_row(path, index, split="train"):
-    return {
-        "image_id": f"i{index}", "patient_id": f"p{index}", "study_id": f"s{index}", "dataset": "test",
-        "path": str(path), "view": "CC", "laterality": "L", "label": "unknown", "birads": None,
-        "has_roi": False, "roi": [], "split": split, "mask_path": "",
-    }  # fmt: skip
-
-
-def write_images(folder, count, size=(16, 12), dtype=np.uint8):
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    paths = []
-    for index in range(count):
-        path = folder / f"img{index}.png"
-        cv2.imwrite(str(path), rng.integers(0, np.iinfo(dtype).max, size=size, dtype=dtype))
-        paths.append(path)
-    return paths
-
-
-def write_cache_manifest(folder, paths, splits=None):
-    rows = [cache_row(path, index, (splits or ["train"] * len(paths))[index]) for index, path in enumerate(paths)]
-    return write_manifest(new_frame(rows), folder / "manifest.csv")
+def small_cache(synthetic_cache, folder, count, splits=None, bits=8):
+    """``count`` cached 16 x 12 images (folder/images/img0.png, img1.png, ...) and their cache
+    manifest, all in ``splits`` (default: train); returns (manifest, image paths)."""
+    splits = splits or ["train"] * count
+    images = [CacheImage(f"p{index}", image_id=f"img{index}", split=split) for index, split in enumerate(splits)]
+    manifest = synthetic_cache(images, folder, size=(16, 12), bits=bits)
+    return manifest, [folder / "images" / f"img{index}.png" for index in range(count)]
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
@@ -44,9 +29,9 @@ def test_cached_images_read_as_floats_in_unit_range(tmp_path, dtype):
     np.testing.assert_allclose(image, pixels / np.iinfo(dtype).max, rtol=1e-6)
 
 
-def test_items_are_one_channel_tensors_of_the_cache_size(tmp_path):
-    paths = write_images(tmp_path / "images", 3, size=(16, 12), dtype=np.uint16)
-    dataset = PretrainImages.from_manifests([write_cache_manifest(tmp_path, paths)], ["train"], (16, 12))
+def test_items_are_one_channel_tensors_of_the_cache_size(tmp_path, synthetic_cache):
+    manifest, paths = small_cache(synthetic_cache, tmp_path, 3, bits=16)
+    dataset = PretrainImages.from_manifests([manifest], ["train"], (16, 12))
     item = dataset[1]
     assert item["image"].shape == (1, 16, 12) and item["image"].dtype == torch.float32
     assert item["index"] == 1 and item["corrupt"] is False
@@ -54,35 +39,34 @@ def test_items_are_one_channel_tensors_of_the_cache_size(tmp_path):
     np.testing.assert_allclose(item["image"][0].numpy(), expected, rtol=1e-6)
 
 
-def test_splits_select_rows_and_repeated_manifests_are_read_once(tmp_path):
-    paths = write_images(tmp_path / "images", 4)
-    manifest = write_cache_manifest(tmp_path, paths, ["train", "val", "test", "train"])
+def test_splits_select_rows_and_repeated_manifests_are_read_once(tmp_path, synthetic_cache):
+    manifest, _ = small_cache(synthetic_cache, tmp_path, 4, ["train", "val", "test", "train"])
     dataset = PretrainImages.from_manifests([manifest, manifest], ["train", "test"], (16, 12))
     assert [p.rsplit("/", 1)[-1] for p in dataset.paths] == ["img0.png", "img2.png", "img3.png"]
 
 
-def test_an_image_of_another_size_stops_with_the_file_named(tmp_path):
-    paths = write_images(tmp_path / "images", 3)
+def test_an_image_of_another_size_stops_with_the_file_named(tmp_path, synthetic_cache):
+    manifest, paths = small_cache(synthetic_cache, tmp_path, 3)
     cv2.imwrite(str(paths[2]), np.zeros((20, 12), np.uint8))
     with pytest.raises(ValueError) as error:
-        PretrainImages.from_manifests([write_cache_manifest(tmp_path, paths)], ["train"], (16, 12))
+        PretrainImages.from_manifests([manifest], ["train"], (16, 12))
     assert "img2.png: image is 20x12" in str(error.value) and "data.size is 16x12" in str(error.value)
 
 
-def test_unopenable_files_are_skipped_and_counted(tmp_path, caplog):
-    paths = write_images(tmp_path / "images", 4)
+def test_unopenable_files_are_skipped_and_counted(tmp_path, caplog, synthetic_cache):
+    manifest, paths = small_cache(synthetic_cache, tmp_path, 4)
     paths[1].write_bytes(b"not a png at all")
     with caplog.at_level(logging.WARNING):
-        dataset = PretrainImages.from_manifests([write_cache_manifest(tmp_path, paths)], ["train"], (16, 12))
+        dataset = PretrainImages.from_manifests([manifest], ["train"], (16, 12))
     assert len(dataset) == 3 and dataset.skipped == [str(paths[1])]
     assert "skipping 1 of 4 cached images" in caplog.text and "img1.png" in caplog.text
 
 
-def test_a_file_that_fails_to_decode_is_replaced_and_flagged(tmp_path, caplog):
-    paths = write_images(tmp_path / "images", 3)
+def test_a_file_that_fails_to_decode_is_replaced_and_flagged(tmp_path, caplog, synthetic_cache):
+    manifest, paths = small_cache(synthetic_cache, tmp_path, 3)
     data = paths[0].read_bytes()
     paths[0].write_bytes(data[: len(data) // 2])  # the header reads, the pixels do not
-    dataset = PretrainImages.from_manifests([write_cache_manifest(tmp_path, paths)], ["train"], (16, 12))
+    dataset = PretrainImages.from_manifests([manifest], ["train"], (16, 12))
     assert len(dataset) == 3
     with caplog.at_level(logging.WARNING):
         item = dataset[0]
@@ -110,9 +94,8 @@ def test_a_dataset_smaller_than_one_step_is_refused():
         EpochShuffle(num_images=10, samples_per_step=16)
 
 
-def test_augmentation_is_vertical_only_and_repeatable(tmp_path):
-    paths = write_images(tmp_path / "images", 2)
-    manifest = write_cache_manifest(tmp_path, paths)
+def test_augmentation_is_vertical_only_and_repeatable(tmp_path, synthetic_cache):
+    manifest, _ = small_cache(synthetic_cache, tmp_path, 2)
     flipping = PretrainImages.from_manifests([manifest], ["train"], (16, 12), Augmentation(vflip_prob=1.0))
     plain = flipping.load(0)
     np.testing.assert_array_equal(flipping[(0, 5)]["image"][0].numpy(), plain[::-1])

@@ -4,9 +4,9 @@ import cv2
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing
-from pydicom.uid import JPEG2000Lossless, RLELossless, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from vismae.data.dicom import DicomError, is_dicom, percentile_window, read_dicom, read_image
 
@@ -25,29 +25,15 @@ def phantom_pixels(height=96, width=80, seed=0) -> np.ndarray:
     return np.clip(pixels, 0, TOP).astype(np.uint16)
 
 
-def make_dataset(pixels: np.ndarray, photometric="MONOCHROME2", **attributes) -> Dataset:
-    dataset = Dataset()
-    dataset.file_meta = FileMetaDataset()
-    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.2"  # digital mammography
-    dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    dataset.SOPClassUID = dataset.file_meta.MediaStorageSOPClassUID
-    dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID
-    dataset.Modality = "MG"
-    dataset.PatientName = "Doe^Jane"
-    dataset.PatientID = "ID-7"
-    dataset.set_pixel_data(pixels, photometric_interpretation=photometric, bits_stored=BITS)
-    for name, value in attributes.items():
-        setattr(dataset, name, value)
-    return dataset
+@pytest.fixture
+def write_dicom(dicom_file):
+    """A 12-bit mammogram of a named patient, by the shared writer; attributes by keyword."""
 
+    def write(path, pixels, photometric="MONOCHROME2", compress=None, **attributes):
+        syntax = {"transfer_syntax": compress} if compress is not None else {}
+        return dicom_file(path, pixels, photometric=photometric, bits_stored=BITS, Modality="MG", PatientID="ID-7", **syntax, **attributes)
 
-def write_dicom(path, pixels, photometric="MONOCHROME2", compress=None, **attributes):
-    dataset = make_dataset(pixels, photometric, **attributes)
-    if compress is not None:
-        dataset.compress(compress, encoding_plugin="pylibjpeg" if compress == JPEG2000Lossless else "")
-    dataset.save_as(path, enforce_file_format=True)
-    return path
+    return write
 
 
 def pydicom_window(path, low, high):
@@ -62,7 +48,7 @@ def pixels():
     return phantom_pixels()
 
 
-def test_linear_window_matches_pydicom(tmp_path, pixels):
+def test_linear_window_matches_pydicom(tmp_path, pixels, write_dicom):
     path = write_dicom(tmp_path / "a.dcm", pixels, WindowCenter=2000, WindowWidth=2400, VOILUTFunction="LINEAR")
     image = read_dicom(path)
     assert image.dtype == np.float32 and image.min() >= 0 and image.max() <= 1
@@ -70,13 +56,13 @@ def test_linear_window_matches_pydicom(tmp_path, pixels):
     assert image[48, 20] == 1.0 and image[0, 79] == 0.0  # lesion saturates, air is black
 
 
-def test_first_of_several_windows_is_used(tmp_path, pixels):
+def test_first_of_several_windows_is_used(tmp_path, pixels, write_dicom):
     path = write_dicom(tmp_path / "a.dcm", pixels, WindowCenter=[2000, 1000], WindowWidth=[2400, 500])
     only_first = write_dicom(tmp_path / "b.dcm", pixels, WindowCenter=2000, WindowWidth=2400)
     np.testing.assert_array_equal(read_dicom(path), read_dicom(only_first))
 
 
-def test_linear_exact_and_sigmoid_windows_match_pydicom(tmp_path, pixels):
+def test_linear_exact_and_sigmoid_windows_match_pydicom(tmp_path, pixels, write_dicom):
     for function in ("LINEAR_EXACT", "SIGMOID"):
         path = write_dicom(tmp_path / f"{function}.dcm", pixels, WindowCenter=2100, WindowWidth=1500, VOILUTFunction=function)
         np.testing.assert_allclose(read_dicom(path), pydicom_window(path, 0, TOP), atol=1e-6)
@@ -84,7 +70,7 @@ def test_linear_exact_and_sigmoid_windows_match_pydicom(tmp_path, pixels):
     assert 0 < sigmoid.min() and sigmoid.max() < 1  # a sigmoid never reaches its ends
 
 
-def test_monochrome1_is_inverted(tmp_path, pixels):
+def test_monochrome1_is_inverted(tmp_path, pixels, write_dicom):
     # The same anatomy stored inverted, as MONOCHROME1 detectors do: the result must not change.
     plain = write_dicom(tmp_path / "m2.dcm", pixels, WindowCenter=2000, WindowWidth=2400)
     inverted = write_dicom(tmp_path / "m1.dcm", (TOP - pixels).astype(np.uint16), "MONOCHROME1",
@@ -95,13 +81,13 @@ def test_monochrome1_is_inverted(tmp_path, pixels):
     assert read_dicom(inverted)[48, 20] == 1.0  # the lesion stays bright
 
 
-def test_presentation_lut_shape_inverse_is_inverted(tmp_path, pixels):
+def test_presentation_lut_shape_inverse_is_inverted(tmp_path, pixels, write_dicom):
     plain = write_dicom(tmp_path / "a.dcm", pixels, WindowCenter=2000, WindowWidth=2400)
     inverse = write_dicom(tmp_path / "b.dcm", pixels, WindowCenter=2000, WindowWidth=2400, PresentationLUTShape="INVERSE")
     np.testing.assert_allclose(read_dicom(inverse), 1.0 - read_dicom(plain), atol=1e-6)
 
 
-def test_rescale_slope_intercept_then_window(tmp_path, pixels):
+def test_rescale_slope_intercept_then_window(tmp_path, pixels, write_dicom):
     slope, intercept = 2.0, -100.0
     pixels[0, 0] = 2050  # 4000 after the rescale: the window centre
     path = write_dicom(tmp_path / "a.dcm", pixels, RescaleSlope=slope, RescaleIntercept=intercept,
@@ -112,7 +98,7 @@ def test_rescale_slope_intercept_then_window(tmp_path, pixels):
     assert image[0, 0] == pytest.approx(0.5, abs=1e-3)  # the window is in rescaled units
 
 
-def test_voi_lut_sequence_matches_pydicom(tmp_path, pixels):
+def test_voi_lut_sequence_matches_pydicom(tmp_path, pixels, write_dicom):
     lut = Dataset()
     lut.add_new("LUTDescriptor", "US", [4096, 0, 16])
     lut.add_new("LUTData", "US", [int(v) for v in np.round(np.sqrt(np.arange(4096) / 4095) * 40000)])
@@ -124,7 +110,7 @@ def test_voi_lut_sequence_matches_pydicom(tmp_path, pixels):
     assert 0.2 < image.mean() < 0.9  # the LUT won over the (absurd) window also present
 
 
-def test_jpeg2000_and_rle_decode_equal_to_uncompressed(tmp_path, pixels):
+def test_jpeg2000_and_rle_decode_equal_to_uncompressed(tmp_path, pixels, write_dicom):
     attributes = {"WindowCenter": 2000, "WindowWidth": 2400}
     plain = read_dicom(write_dicom(tmp_path / "plain.dcm", pixels, **attributes))
     for syntax in (JPEG2000Lossless, RLELossless):
@@ -133,7 +119,7 @@ def test_jpeg2000_and_rle_decode_equal_to_uncompressed(tmp_path, pixels):
         np.testing.assert_array_equal(read_dicom(path), plain)
 
 
-def test_for_processing_is_refused_unless_allowed(tmp_path, pixels):
+def test_for_processing_is_refused_unless_allowed(tmp_path, pixels, write_dicom):
     path = write_dicom(tmp_path / "raw.dcm", pixels, PresentationIntentType="FOR PROCESSING")
     with pytest.raises(DicomError, match="FOR PROCESSING") as caught:
         read_dicom(path)
@@ -141,7 +127,7 @@ def test_for_processing_is_refused_unless_allowed(tmp_path, pixels):
     assert read_dicom(path, allow_for_processing=True).max() == 1.0
 
 
-def test_percentile_window_when_the_file_has_none(tmp_path, pixels):
+def test_percentile_window_when_the_file_has_none(tmp_path, pixels, write_dicom):
     image = read_dicom(write_dicom(tmp_path / "film.dcm", pixels))
     tissue = pixels > 40
     assert np.all(image[~tissue] == 0)  # air stays black
@@ -158,7 +144,7 @@ def test_percentile_window_ignores_the_inverted_background():
     assert 500 <= low < 510 and 1490 < high <= 1500  # the tissue's range, not the air's
 
 
-def test_pixel_padding_is_black(tmp_path, pixels):
+def test_pixel_padding_is_black(tmp_path, pixels, write_dicom):
     padded = pixels.copy()
     padded[:, -10:] = 4000
     path = write_dicom(tmp_path / "a.dcm", padded, WindowCenter=2000, WindowWidth=2400, PixelPaddingValue=4000)
@@ -166,7 +152,7 @@ def test_pixel_padding_is_black(tmp_path, pixels):
     assert np.all(image[:, -10:] == 0) and image[48, 20] == 1.0
 
 
-def test_corrupt_and_colour_files_raise_clear_errors(tmp_path, pixels):
+def test_corrupt_and_colour_files_raise_clear_errors(tmp_path, pixels, write_dicom):
     broken = tmp_path / "broken.dcm"
     broken.write_bytes(b"\0" * 128 + b"DICM" + b"garbage")
     with pytest.raises(DicomError, match="broken.dcm"):
@@ -180,7 +166,7 @@ def test_corrupt_and_colour_files_raise_clear_errors(tmp_path, pixels):
         read_image(tmp_path / "missing.dcm")
 
 
-def test_dicom_is_recognised_by_content(tmp_path, pixels):
+def test_dicom_is_recognised_by_content(tmp_path, pixels, write_dicom):
     path = write_dicom(tmp_path / "no_suffix", pixels, WindowCenter=2000, WindowWidth=2400)
     assert is_dicom(path)
     np.testing.assert_array_equal(read_image(path), read_dicom(path))

@@ -2,13 +2,18 @@
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from vismae.data.manifest import (
     COLUMNS,
+    IMAGE_KIND,
     ManifestError,
+    image_kind_counts,
+    mixed_image_kinds,
     new_frame,
     read_manifest,
+    require_one_image_kind,
     view_names,
     write_manifest,
 )
@@ -41,7 +46,7 @@ def test_round_trip_keeps_types_and_makes_local_paths_relative(tmp_path: Path):
     ]
     target = write_manifest(new_frame(rows), tmp_path / "manifest.csv")
     text = target.read_text()
-    assert text.splitlines()[0] == ",".join(COLUMNS)
+    assert text.splitlines()[0] == ",".join(COLUMNS + [IMAGE_KIND])
     assert "images/a.png" in text and str(tmp_path) not in text  # relative under the folder
     assert "/elsewhere/b.dcm" in text  # absolute outside it
 
@@ -72,6 +77,7 @@ def test_moving_a_folder_keeps_relative_paths_valid(tmp_path: Path):
         (dict(has_roi=False), "has_roi is False but the roi column holds 1 shapes"),
         (dict(roi=[{"type": "star"}]), "type 'star'"),
         (dict(roi=[{"type": "box", "xmin": 1}]), "lacks ymin, xmax, ymax"),
+        (dict(image_kind="CM"), "column 'image_kind' is 'CM', expected one of DM, CESM"),
     ],
 )
 def test_bad_values_are_refused_with_the_line(tmp_path: Path, changes, message):
@@ -104,3 +110,34 @@ def test_cache_manifest_keeps_mask_path(tmp_path: Path):
     rows = [row("a", path=str(tmp_path / "images/a.png"), mask_path=str(tmp_path / "masks/a.png"))]
     frame = read_manifest(write_manifest(new_frame(rows), tmp_path / "manifest.csv"))
     assert frame["mask_path"][0] == str(tmp_path / "masks" / "a.png")
+
+
+def test_image_kind_round_trips_and_an_older_manifest_reads_without_it(tmp_path: Path):
+    frame = new_frame([row("a", image_kind="DM"), row("b", patient_id="p2", image_kind="CESM"), row("c", patient_id="p3")])
+    assert frame[IMAGE_KIND].tolist() == ["DM", "CESM", ""]  # a reader that does not say: empty
+    target = write_manifest(frame, tmp_path / "manifest.csv")
+    assert read_manifest(target)[IMAGE_KIND].tolist() == ["DM", "CESM", ""]
+    # A manifest written before the column existed: read, every kind unknown, no error.
+    raw = pd.read_csv(target, dtype=str, keep_default_na=False)
+    raw.drop(columns=IMAGE_KIND).to_csv(tmp_path / "old.csv", index=False)
+    assert (tmp_path / "old.csv").read_text().splitlines()[0] == ",".join(COLUMNS)
+    again = read_manifest(tmp_path / "old.csv")
+    assert again[IMAGE_KIND].tolist() == ["", "", ""]
+    assert image_kind_counts(again) == {"unknown": 3} and mixed_image_kinds(again) is None
+    # Written again, it gains the column.
+    assert read_manifest(write_manifest(again, tmp_path / "new.csv"))[IMAGE_KIND].tolist() == ["", "", ""]
+
+
+def test_mixed_image_kinds_are_named_with_their_counts():
+    rows = [row(f"d{n}", patient_id=f"p{n}", image_kind="DM") for n in range(3)] + [
+        row(f"c{n}", patient_id=f"p{n}", image_kind="CESM") for n in range(2)
+    ]
+    frame = new_frame(rows + [row("u", patient_id="p9")])
+    assert image_kind_counts(frame) == {"CESM": 2, "DM": 3, "unknown": 1}
+    problem = mixed_image_kinds(frame)
+    assert "2 CESM and 3 DM images" in problem and "--include-cesm" in problem
+    with pytest.raises(ManifestError, match=r"finetuning: the rows mix image kinds \(2 CESM and 3 DM images\)"):
+        require_one_image_kind(frame, "finetuning")
+    # One kind, with or without unknown rows beside it, is no mix.
+    require_one_image_kind(frame[frame[IMAGE_KIND] != "CESM"], "finetuning")
+    assert mixed_image_kinds(frame[frame[IMAGE_KIND] == "CESM"]) is None

@@ -74,6 +74,14 @@ def test_a_patients_stratum_is_its_most_severe_label(manifest):
     assert splits.patient_strata(frame).to_dict() == {"p": "malignant"}
 
 
+def test_most_severe_labels_per_patient_and_unknown_labels_named():
+    labels = splits.most_severe_labels(["b", "a", "a", "b", "c"], ["benign", "normal", "malignant", "unknown", "unknown"])
+    assert labels.to_dict() == {"a": "malignant", "b": "benign", "c": "unknown"}
+    assert list(labels.index) == ["a", "b", "c"]
+    with pytest.raises(ValueError, match=r"unknown labels \['cancer'\]"):
+        splits.most_severe_labels(["a", "b"], ["benign", "cancer"])
+
+
 # --- assign_split ------------------------------------------------------------------------
 
 
@@ -157,6 +165,69 @@ def test_carve_validation_moves_train_patients_only(manifest):
     assert (carved.groupby("patient_id")["split"].nunique() == 1).all()
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         splits.carve_validation(base, 1.0)
+
+
+def test_the_same_seed_draws_the_same_patients_as_before(manifest):
+    # Pinned assignments: a change here changes every finetuning result drawn from these rules.
+    test = splits.assign_split(manifest, seed=0).query("split == 'test'")["patient_id"]
+    assert sorted(set(test)) == [
+        "ben000", "ben002", "ben008", "ben034", "mal007", "mal021", "nor004", "nor010", "nor011", "nor028",
+        "nor047", "nor054", "nor062",
+    ]  # fmt: skip
+    val = splits.carve_validation(manifest, 0.1, seed=0).query("split == 'val'")["patient_id"]
+    assert sorted(set(val)) == [
+        "ben016", "ben018", "ben021", "ben023", "mal002", "mal013", "nor002", "nor009", "nor016", "nor034",
+        "nor041", "nor042", "nor050",
+    ]  # fmt: skip
+
+
+# --- the readers' 10:1 train/test draw ---------------------------------------------------
+
+
+def reader_dataset(n_patients: int, images_per_patient: int = 3):
+    """Patient ids and image labels; every fifth patient has one malignant image."""
+    rng = np.random.default_rng(0)
+    patients, labels = [], []
+    for patient in range(n_patients):
+        malignant = patient % 5 == 0
+        for image in range(images_per_patient):
+            patients.append(f"p{patient}")
+            labels.append("malignant" if malignant and image == 0 else rng.choice(["benign", "normal"]))
+    return np.array(patients), np.array(labels)
+
+
+@pytest.mark.parametrize("n_patients", [3, 10, 55, 220])
+def test_reader_split_keeps_patients_on_one_side_ten_to_one(n_patients):
+    patients, labels = reader_dataset(n_patients)
+    for seed in range(4):
+        split = splits.train_test_by_patient(patients, labels, seed=seed)
+        train, test = set(patients[split == "train"]), set(patients[split == "test"])
+        assert train and test and not train & test and train | test == set(patients)
+        if n_patients >= 55:
+            assert len(test) == pytest.approx(n_patients / 11, abs=1)
+
+
+def test_reader_split_is_stratified_by_most_severe_label_and_seeded():
+    patients, labels = reader_dataset(220)
+    split = splits.train_test_by_patient(patients, labels, seed=1)
+    strata = splits.most_severe_labels(patients, labels)
+    malignant = set(strata.index[strata == "malignant"])
+    test = set(patients[split == "test"])
+    assert len(test & malignant) == pytest.approx(len(malignant) / 11, abs=1)
+    assert list(splits.train_test_by_patient(patients, labels, seed=1)) == list(split)
+    assert list(splits.train_test_by_patient(patients, labels, seed=2)) != list(split)
+
+
+def test_reader_split_draws_the_same_patients_as_before():
+    # Pinned: the test patients every manifest read with seed 0 has carried.
+    patients, labels = reader_dataset(55)
+    assert set(patients[splits.train_test_by_patient(patients, labels, seed=0) == "test"]) == {"p5", "p7", "p18", "p31", "p41"}
+    patients, labels = reader_dataset(8)  # fewer patients than folds: a plain grouped draw
+    assert set(patients[splits.train_test_by_patient(patients, labels, seed=0) == "test"]) == {"p6"}
+
+
+def test_reader_split_leaves_a_single_patient_in_train():
+    assert list(splits.train_test_by_patient(["a", "a"], ["benign", "benign"])) == ["train", "train"]
 
 
 # --- k folds -----------------------------------------------------------------------------

@@ -13,11 +13,11 @@ from vismae.data.summary import summarize
 BOX = [{"type": "box", "xmin": 0, "ymin": 0, "xmax": 5, "ymax": 5}]
 
 
-def image(number, patient, split, label, laterality="L", view="CC", roi=False, dataset="vindr"):
+def image(number, patient, split, label, laterality="L", view="CC", roi=False, dataset="vindr", kind="DM"):
     return {
         "image_id": f"i{number}", "patient_id": patient, "study_id": f"s-{patient}", "dataset": dataset,
         "path": f"/data/i{number}.png", "view": view, "laterality": laterality, "label": label,
-        "birads": None, "has_roi": roi, "roi": BOX if roi else [], "split": split,
+        "birads": None, "has_roi": roi, "roi": BOX if roi else [], "split": split, "image_kind": kind,
     }
 
 
@@ -30,7 +30,7 @@ def frame():
         image(4, "b", "val", "benign", "L", "MLO", roi=True),
         image(5, "c", "test", "malignant", "L", "MLO"),
         image(6, "c", "test", "normal", "R", "CC", roi=True),
-        image(7, "d", "test", "unknown", "L", "CC", dataset="table"),
+        image(7, "d", "test", "unknown", "L", "CC", dataset="table", kind=""),
     ])
 
 
@@ -38,6 +38,7 @@ def test_counts_by_split_roi_and_view(frame):
     summary = summarize(frame)
     assert (summary["images"], summary["patients"], summary["studies"]) == (7, 4, 4)
     assert summary["datasets"] == {"table": 1, "vindr": 6}
+    assert summary["image_kinds"] == {"DM": 6, "unknown": 1}
     assert summary["patients_by_split"] == {"train": 1, "val": 1, "test": 2}
     assert summary["by_split"] == {
         "malignant": {"train": 2, "val": 0, "test": 1, "total": 3},
@@ -79,6 +80,7 @@ def test_command_prints_tables_and_json(frame, tmp_path, capsys):
     assert run("summarize", str(path)) == 0
     text = capsys.readouterr().out
     assert "7 images, 4 patients (train 1, val 1, test 2), 4 studies" in text
+    assert "image kinds: DM 6, unknown 1" in text
     assert re.search(
         r"train +val +test +total\n"
         r"malignant +2 +0 +1 +3\nbenign +1 +1 +0 +2\ntotal +3 +1 +1 +5\n"

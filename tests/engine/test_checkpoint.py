@@ -1,4 +1,5 @@
-"""Atomic checkpoints through Accelerate, keeping the newest k, and the exported encoder."""
+"""Atomic checkpoints through Accelerate, keeping the newest k, and the exported encoder.
+(Naming, listing and pruning checkpoints: tests/test_run_folder.py.)"""
 
 import json
 
@@ -7,6 +8,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 
+from vismae import run_folder
 from vismae.engine import checkpoint
 from vismae.models.mae import build_mae
 from vismae.models.presets import encoder_config
@@ -21,34 +23,6 @@ def accelerator():
     GradientState._reset_state()
 
 
-def fake_checkpoint(folder, step, complete=True):
-    path = folder / checkpoint.checkpoint_name(step)
-    path.mkdir(parents=True)
-    if complete:
-        (path / checkpoint.STATE_FILE).write_text("{}")
-    return path
-
-
-def test_checkpoints_are_listed_by_step_and_incomplete_ones_ignored(tmp_path):
-    fake_checkpoint(tmp_path, 120)
-    fake_checkpoint(tmp_path, 9)
-    fake_checkpoint(tmp_path, 1000, complete=False)  # no trainer state: never finished
-    (tmp_path / ".tmp-step_0000200").mkdir()
-    (tmp_path / "notes").mkdir()
-    assert [step for step, _ in checkpoint.list_checkpoints(tmp_path)] == [9, 120]
-    assert checkpoint.newest_checkpoint(tmp_path).name == "step_0000120"
-    assert checkpoint.newest_checkpoint(tmp_path / "absent") is None
-
-
-def test_prune_keeps_the_newest_and_temporaries_are_removed(tmp_path):
-    for step in (1, 2, 3, 4):
-        fake_checkpoint(tmp_path, step)
-    (tmp_path / ".tmp-step_0000005").mkdir()
-    checkpoint.prune_checkpoints(tmp_path, keep=2)
-    checkpoint.remove_temporaries(tmp_path)
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["step_0000003", "step_0000004"]
-
-
 def test_save_and_load_restore_model_optimizer_and_rng(tmp_path, accelerator):
     model = build_mae("tiny", 64)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -59,16 +33,24 @@ def test_save_and_load_restore_model_optimizer_and_rng(tmp_path, accelerator):
     saved_moments = optimizer.state_dict()["state"][0]["exp_avg"].clone()
 
     folder = tmp_path / "checkpoints"
+    described = []
+
+    def describe(where):  # runs before the checkpoint is marked complete
+        described.append(where.name)
+        assert not (where / run_folder.STATE_FILE).exists()
+        (where / "notes.json").write_text("{}")
+
     for step in (10, 20, 30):
-        path = checkpoint.save_checkpoint(accelerator, folder, step, {"step": step}, keep=2)
+        path = checkpoint.save_checkpoint(accelerator, folder, step, {"step": step}, keep=2, describe=describe)
     expected_next = torch.rand(3)
 
     assert path == folder / "step_0000030"
+    assert described == [".tmp-step_0000010", ".tmp-step_0000020", ".tmp-step_0000030"]
     assert sorted(p.name for p in folder.iterdir()) == ["step_0000020", "step_0000030"]  # atomic, no temporaries
-    assert {"model.safetensors", "optimizer.bin", "random_states_0.pkl", checkpoint.STATE_FILE} <= {
+    assert {"model.safetensors", "optimizer.bin", "random_states_0.pkl", "notes.json", run_folder.STATE_FILE} <= {
         p.name for p in path.iterdir()
     }
-    assert json.loads((path / checkpoint.STATE_FILE).read_text()) == {"step": 30}
+    assert checkpoint.read_trainer_state(path) == {"step": 30}
 
     with torch.no_grad():
         for parameter in model.parameters():

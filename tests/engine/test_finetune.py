@@ -13,63 +13,40 @@ import pandas as pd
 import pytest
 import torch
 
-from vismae.data.manifest import new_frame, read_manifest, write_manifest
+from vismae.data.manifest import read_manifest
 from vismae.engine import finetune as finetune_module
 from vismae.engine import finetune_loop
 from vismae.engine.finetune import cross_validate, finetune
 from vismae.engine.finetune_config import load_finetune_config
 from vismae.engine.predict import CLASSIFICATION_COLUMNS, SEGMENTATION_COLUMNS, predict_with_run
+from vismae.engine.train_step import NonFiniteLossError
+from vismae.models.heads import SwinClassifier
+from vismae.shipped_configs import shipped_config
+from vismae.synthetic.cache import CacheImage
 
 REPO = Path(__file__).resolve().parents[2]
 SIZE = 64
-# Malignant: a large, spiculated, mottled lesion. Benign: a small, round, smooth, faint one.
-# Normal: no lesion (dropped by classification, an empty mask for segmentation).
 SPLIT_CYCLE = ("train", "train", "train", "val", "test")
 
 
-def lesion_image(rng: np.random.Generator, label: str) -> tuple[np.ndarray, np.ndarray]:
-    yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
-    breast = ((xx / (0.8 * SIZE)) ** 2 + ((yy - SIZE / 2) / (0.45 * SIZE)) ** 2) < 1.0
-    image = breast * (rng.uniform(0.25, 0.35) + rng.normal(0, 0.02, (SIZE, SIZE)))
-    lesion = np.zeros((SIZE, SIZE), bool)
-    if label != "normal":
-        cy, cx = rng.uniform(0.35, 0.65) * SIZE, rng.uniform(0.2, 0.5) * SIZE
-        radius, angle = rng.uniform(5, 8), np.arctan2(yy - cy, xx - cx)
-        if label == "malignant":
-            reach = (radius + 8) * (1 + 0.35 * np.sin(5 * angle + rng.uniform(0, 6)))
-            intensity = 0.4 + 0.6 * rng.random((SIZE, SIZE))
-        else:
-            reach, intensity = radius, 0.5
-        lesion = np.hypot(yy - cy, xx - cx) < reach
-        image = np.where(lesion, intensity, image)
-    return (np.clip(image, 0, 1) * 65535).astype(np.uint16), lesion.astype(np.uint8) * 255
-
-
-def write_lesion_cache(folder: Path, patients: int = 40, normal: int = 8, seed: int = 0) -> Path:
-    """Two views per patient; splits cycle over patients so every split holds every label."""
-    rng = np.random.default_rng(seed)
-    (folder / "images").mkdir(parents=True, exist_ok=True)
-    (folder / "masks").mkdir(exist_ok=True)
-    rows = []
+def lesion_images(patients: int = 40, normal: int = 8) -> list[CacheImage]:
+    """Two views per patient, malignant and benign patients in turn, then ``normal`` patients
+    without a lesion (dropped by classification, an empty mask for segmentation); splits cycle
+    over patients so every split holds every label. The cache draws malignant lesions large,
+    spiculated and mottled, benign ones small, round, smooth and faint."""
+    images = []
     for patient in range(patients + normal):
         label = "normal" if patient >= patients else ("malignant", "benign")[patient % 2]
         for view in ("CC", "MLO"):
-            image_id = f"p{patient:03d}_{view}"
-            image, mask = lesion_image(rng, label)
-            path = folder / "images" / f"{image_id}.png"
-            cv2.imwrite(str(path), image)
-            mask_path, roi = "", []
-            if mask.any():
-                mask_path = str(folder / "masks" / f"{image_id}.png")
-                cv2.imwrite(mask_path, mask)
-                ys, xs = np.nonzero(mask)
-                roi = [{"type": "box", "xmin": int(xs.min()), "ymin": int(ys.min()), "xmax": int(xs.max()), "ymax": int(ys.max())}]
-            rows.append({
-                "image_id": image_id, "patient_id": f"p{patient:03d}", "study_id": f"s{patient:03d}", "dataset": "lesions",
-                "path": str(path), "view": view, "laterality": "LR"[patient % 2], "label": label, "birads": None,
-                "has_roi": bool(roi), "roi": roi, "split": SPLIT_CYCLE[patient % len(SPLIT_CYCLE)], "mask_path": mask_path,
-            })  # fmt: skip
-    return write_manifest(new_frame(rows), folder / "manifest.csv")
+            images.append(CacheImage(
+                f"p{patient:03d}", view=view, laterality="LR"[patient % 2], label=label, has_roi=label != "normal",
+                split=SPLIT_CYCLE[patient % len(SPLIT_CYCLE)], image_id=f"p{patient:03d}_{view}",
+            ))  # fmt: skip
+    return images
+
+
+# 16-bit images, as `prepare` writes by default.
+LESION_CACHE = {"size": SIZE, "bits": 16, "dataset": "lesions"}
 
 
 # Fast, deterministic settings for the tiny encoder on the CPU.
@@ -107,8 +84,8 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    return write_lesion_cache(tmp_path_factory.mktemp("cache"))
+def cache(synthetic_cache) -> Path:
+    return synthetic_cache(lesion_images(), **LESION_CACHE)
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +102,7 @@ def classifier(frame, tmp_path_factory):
 # --- classification ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_classifier_learns_the_lesions(classifier):
     metrics = classifier.metrics
     for split in ("val", "test"):
@@ -136,6 +114,7 @@ def test_classifier_learns_the_lesions(classifier):
     assert classifier.best_epoch == int(history.loc[history["val_auc"].idxmax(), "epoch"])
 
 
+@pytest.mark.slow
 def test_classifier_run_folder_holds_the_whole_story(classifier, frame):
     run_dir = classifier.run_dir
     for name in ("config.yaml", "manifest.csv", "data.json", "history.csv", "model.safetensors", "model.json",
@@ -160,6 +139,7 @@ def test_classifier_run_folder_holds_the_whole_story(classifier, frame):
     assert data["splits"]["train"] == {"images": 48, "patients": 24, "positives": 24}
 
 
+@pytest.mark.slow
 def test_finished_run_is_returned_as_is(classifier, frame, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run must not train again")
@@ -171,6 +151,7 @@ def test_finished_run_is_returned_as_is(classifier, frame, monkeypatch):
         finetune(frame, "random:tiny", "classify", config_for(**{"train.epochs": 8, "train.lr": 1e-2}), classifier.run_dir)
 
 
+@pytest.mark.slow
 def test_saved_model_predicts_new_rows_like_the_run(classifier, frame):
     test_rows = frame[(frame["split"] == "test") & (frame["label"] != "normal")].iloc[::-1]
     table = predict_with_run(classifier.run_dir, test_rows)
@@ -180,6 +161,7 @@ def test_saved_model_predicts_new_rows_like_the_run(classifier, frame):
     assert (table["prediction"].to_numpy() == saved.loc[table["image_id"], "prediction"].to_numpy()).all()
 
 
+@pytest.mark.slow
 def test_test_rows_change_neither_the_selected_epoch_nor_the_threshold(frame, cache, tmp_path, monkeypatch):
     seen_by_training = []
     real_train_model = finetune_module.train_model
@@ -230,6 +212,7 @@ def test_validation_is_carved_by_patient_when_missing(frame, tmp_path):
 # --- resuming ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_where_it_stopped(frame, tmp_path, monkeypatch):
     config = config_for(**{"train.epochs": 3, "checkpoint.every_epochs": 1})
     straight = finetune(frame, "random:tiny", "classify", config, tmp_path / "straight")
@@ -265,9 +248,29 @@ def test_interrupted_run_resumes_where_it_stopped(frame, tmp_path, monkeypatch):
     assert resumed.threshold == straight.threshold and resumed.metrics["test"] == straight.metrics["test"]
 
 
+def test_a_non_finite_loss_stops_finetuning_before_the_weights_change(frame, tmp_path, monkeypatch):
+    real_forward = SwinClassifier.forward
+    calls = {"training": 0}
+
+    def forward_that_diverges(self, images):
+        logits = real_forward(self, images)
+        if self.training:
+            calls["training"] += 1
+            if calls["training"] == 2:  # the second step
+                return logits * float("nan")
+        return logits
+
+    monkeypatch.setattr(SwinClassifier, "forward", forward_that_diverges)
+    with pytest.raises(NonFiniteLossError, match=r"the training loss is nan at step 2 \(epoch 1\)"):
+        finetune(frame, "random:tiny", "classify", config_for(**{"train.epochs": 1}), tmp_path / "diverged")
+    assert calls["training"] == 2  # stopped at once
+    assert not (tmp_path / "diverged" / "metrics.json").exists() and not (tmp_path / "diverged" / "model.safetensors").exists()
+
+
 # --- segmentation --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_segmenter_finds_the_lesions(frame, tmp_path):
     result = finetune(frame, "random:tiny", "segment", config_for("segment", **{"train.epochs": 8}), tmp_path / "segment")
     for split in ("val", "test"):
@@ -310,7 +313,7 @@ def test_command_line_runs_end_to_end(cache, tmp_path, capsys):
         sys.path.remove(str(REPO))
     from vismae.cli import main as vismae_main
 
-    arguments = ["--config", str(REPO / "configs" / "finetune" / "demo-classify.yaml"), "init=random:tiny",
+    arguments = ["--config", str(shipped_config("finetune", "demo-classify.yaml")), "init=random:tiny",
                  f"data.manifest={cache}", f"output_dir={tmp_path / 'cli'}", "train.epochs=1", "train.warmup_epochs=0", "train.batch_size=8"]  # fmt: skip
     assert entry.main(arguments) == 0
     first = capsys.readouterr().out

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from accelerate.state import AcceleratorState, GradientState
-from test_finetune import REPO, TEST_SETTINGS, config_for, one_thread, write_lesion_cache  # noqa: F401 (one_thread: autouse)
+from test_finetune import LESION_CACHE, REPO, TEST_SETTINGS, config_for, lesion_images, one_thread  # noqa: F401 (one_thread: autouse)
 
 from vismae.data.manifest import read_manifest
 from vismae.engine.finetune import finetune
@@ -29,8 +29,8 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_process(tmp_path):
-    manifest = write_lesion_cache(tmp_path / "cache", patients=20, normal=2)
+def test_two_processes_match_one_process(tmp_path, synthetic_cache):
+    manifest = synthetic_cache(lesion_images(patients=20, normal=2), **LESION_CACHE)
     overrides = {**TEST_SETTINGS, **SETTINGS, "train.batch_size": 4, "init": "random:tiny", "data.manifest": manifest, "output_dir": tmp_path / "two"}
     config_path = tmp_path / "base.yaml"
     config_path.write_text("{}\n")

@@ -22,8 +22,9 @@ from vismae.engine.finetune import check_saved_run, decide_threshold, training_l
 from vismae.engine.finetune_config import FinetuneConfig, FinetuneData, load_finetune_config
 from vismae.engine.finetune_loop import class_weights
 from vismae.io import write_json, write_text
+from vismae.shipped_configs import shipped_config
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "finetune"
+CONFIGS = shipped_config("finetune")
 
 
 def rows(labels, views=None, with_roi=None, split="train", folder: Path | None = None) -> pd.DataFrame:
@@ -132,8 +133,10 @@ def test_weighted_loss_uses_inverse_class_frequencies():
     assert torch.allclose(weights, torch.tensor([12 / 18, 12 / 6]))
     # Weighted, a minority error costs as much in total as a majority one.
     assert weights[0] * 9 == pytest.approx(weights[1] * 3)
-    with pytest.raises(ValueError, match="class"):
+    with pytest.raises(ValueError, match=r"no images of class \[1\]"):
         class_weights(np.zeros(4, dtype=int))
+    # Three classes, scikit-learn's "balanced" rule: n / (classes x count).
+    assert torch.equal(class_weights(np.array([0, 0, 1, 2, 2, 2]), num_classes=3), torch.tensor([1.0, 2.0, 2 / 3]))
 
 
 @pytest.mark.parametrize("balance, weighted", [("weighted_loss", True), ("sampler", False), ("none", False)])
@@ -236,6 +239,27 @@ def test_threshold_follows_the_rule_and_falls_back_on_one_class():
     assert single["threshold"] == 0.5 and single["rule"] == "default" and "one class" in single["note"]
 
 
+def test_a_fixed_threshold_ignores_the_validation_predictions():
+    """fixed:T, the ROI paper's arg-max at 0.5: the same threshold whatever validation says,
+    recorded as fixed (threshold.json and metrics.json hold this decision)."""
+    table = pd.DataFrame({"target": [0, 0, 1, 1, 1], "probability": [0.1, 0.4, 0.35, 0.8, 0.9]})
+    config = load_finetune_config(None, ["eval.threshold_rule=fixed:0.5"])
+    decision = decide_threshold(table, config)
+    assert decision["threshold"] == 0.5 and decision["rule"] == "fixed" and decision["chosen_on"] == "config"
+    assert decide_threshold(table.assign(target=1), config)["threshold"] == 0.5  # no fallback needed
+    assert decide_threshold(table, load_finetune_config(None, ["eval.threshold_rule=fixed:0.25"]))["threshold"] == 0.25
+
+
+@pytest.mark.parametrize(
+    "rule, message",
+    [("fixed:1.5", "outside \\(0, 1\\)"), ("fixed:0", "outside \\(0, 1\\)"), ("fixed:half", "no number after fixed:"),
+     ("median", "unknown rule 'median'; expected youden, sensitivity or fixed:T")],
+)  # fmt: skip
+def test_bad_threshold_rules_are_refused_naming_the_key(rule, message):
+    with pytest.raises(ConfigError, match=f"override 'eval.threshold_rule={rule}': eval.threshold_rule: .*{message}"):
+        load_finetune_config(None, [f"eval.threshold_rule={rule}"])
+
+
 def test_run_folder_with_another_config_or_rows_is_refused(tmp_path):
     import yaml
 
@@ -249,3 +273,19 @@ def test_run_folder_with_another_config_or_rows_is_refused(tmp_path):
         check_saved_run(tmp_path, load_finetune_config(None, ["train.lr=0.1"]).for_run("random:tiny", "classify", tmp_path), "abc")
     with pytest.raises(ConfigError, match="other rows"):
         check_saved_run(tmp_path, config, "def")
+
+
+def test_a_run_folder_that_another_process_holds_is_refused_before_anything_is_read(tmp_path):
+    from accelerate.state import AcceleratorState, GradientState
+    from held_folder import held_by_another_process
+
+    from vismae.engine.finetune import finetune
+    from vismae.run_folder import FolderInUseError
+
+    try:
+        with held_by_another_process(tmp_path / "run") as pid:
+            with pytest.raises(FolderInUseError, match=f"process {pid} on "):
+                finetune(pd.DataFrame(), "random:tiny", "classify", FinetuneConfig(), tmp_path / "run")
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vismae.engine.optim import build_optimizer, lr_at, no_weight_decay_names, param_groups, scaled_lr, set_lr
-from vismae.engine.pretrain_loop import Plan
+from vismae.engine.train_step import Plan
 from vismae.models.mae import build_mae
 
 

@@ -3,18 +3,21 @@ equals an uninterrupted one, the export reloads, a non-finite loss stops the run
 
 import importlib.util
 import json
+import re
 
 import cv2
 import pytest
 import torch
 import yaml
 from accelerate.state import AcceleratorState, GradientState
+from held_folder import held_by_another_process
 from safetensors.torch import load_file
-from synthetic_cache import REPO, TINY_CONFIG, tiny_config, write_cache
+from tiny_pretrain import REPO, TINY_CONFIG, tiny_config
+from vismae import run_folder
 from vismae.config import ConfigError, load_pretrain_config, to_dict
 from vismae.engine import checkpoint
 from vismae.engine.pretrain import build_model, run
-from vismae.engine.pretrain_loop import NonFiniteLossError
+from vismae.engine.train_step import NonFiniteLossError
 from vismae.models.mae import SwinMAE
 
 
@@ -35,8 +38,8 @@ def fresh_accelerate_state():
 
 
 @pytest.fixture(scope="module")
-def manifest(tmp_path_factory):
-    return write_cache(tmp_path_factory.mktemp("cache"), count=32)
+def manifest(pretrain_cache):
+    return pretrain_cache
 
 
 def losses(run_dir):
@@ -107,6 +110,7 @@ def test_the_exported_encoder_is_the_trained_one(trained):
     assert source["step"] == 24 and source["preset"] == "tiny"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", ["encoder.safetensors", "."])  # the exported encoder, the run folder
 def test_init_starts_the_encoder_from_trained_weights(tmp_path, manifest, trained, source):
     # max_steps=0: set up, load the starting weights, export them again untouched.
@@ -117,6 +121,7 @@ def test_init_starts_the_encoder_from_trained_weights(tmp_path, manifest, traine
     assert all(torch.equal(started[name], value) for name, value in source.items())
 
 
+@pytest.mark.slow
 def test_init_weights_of_another_shape_are_refused(tmp_path, manifest, trained):
     config = tiny_config(manifest, tmp_path / "run", **{"init": str(trained), "model.overrides.embed_dim": 32})
     with pytest.raises(ValueError, match="another architecture"):
@@ -181,6 +186,15 @@ def test_resuming_with_another_config_is_refused(tmp_path, manifest):
     assert not (run_dir / "checkpoints").exists()
 
 
+def test_a_folder_that_a_live_run_holds_is_refused_at_once(tmp_path, manifest):
+    run_dir = tmp_path / "run"
+    with held_by_another_process(run_dir) as pid:
+        with pytest.raises(run_folder.FolderInUseError, match=re.escape(f"{run_dir} is in use by another run (process {pid} on ")):
+            run(tiny_config(manifest, run_dir))
+    assert [path.name for path in run_dir.iterdir()] == [run_folder.LOCK_FILE]  # nothing written
+    run(tiny_config(manifest, run_dir, **{"train.max_steps": 0}))  # the holder is gone: the folder is free
+
+
 @pytest.mark.slow
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, manifest, monkeypatch):
     real_forward = SwinMAE.forward
@@ -200,7 +214,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
         run(config)
     assert "the loss is nan at step 6" in str(error.value)
     assert "step_0000004" in str(error.value)
-    assert [step for step, _ in checkpoint.list_checkpoints(run_dir / "checkpoints")] == [2, 4]
+    assert [step for step, _ in run_folder.list_checkpoints(run_dir / "checkpoints")] == [2, 4]
     assert not (run_dir / "encoder.safetensors").exists()
     assert checkpoint.read_trainer_state(run_dir / "checkpoints" / "step_0000004")["step"] == 4
 

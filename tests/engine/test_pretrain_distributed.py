@@ -13,7 +13,7 @@ import torch
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import set_seed
 from safetensors.torch import load_file
-from synthetic_cache import REPO, TINY_CONFIG, tiny_config, tiny_overrides, write_cache
+from tiny_pretrain import REPO, TINY_CONFIG, tiny_config, tiny_overrides
 
 from vismae.engine.pretrain import build_model, run
 
@@ -42,8 +42,8 @@ def launch_two_processes(manifest: Path, run_dir: Path) -> subprocess.CompletedP
 
 
 @pytest.mark.slow
-def test_two_processes_stay_in_sync_and_match_one_process(tmp_path):
-    manifest = write_cache(tmp_path / "cache", count=32)
+def test_two_processes_stay_in_sync_and_match_one_process(tmp_path, pretrain_cache):
+    manifest = pretrain_cache
     result = launch_two_processes(manifest, tmp_path / "two")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 process(es) x batch 4" in result.stdout

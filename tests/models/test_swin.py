@@ -19,12 +19,37 @@ def tiny_encoder():
 def test_feature_shapes_square_and_rectangular(size):
     encoder = SwinEncoder(encoder_config("tiny", size)).eval()
     images = torch.rand(2, 1, *size)
-    maps = encoder.forward_intermediates(images)
+    maps = encoder.forward_intermediates(images, norm=True, intermediates_only=True)
     for info, feature_map in zip(encoder.feature_info, maps):
         assert feature_map.shape == (2, info["num_chs"], size[0] // info["reduction"], size[1] // info["reduction"])
     features = encoder.forward_features(images)
     assert features.shape == (2, encoder.num_features, size[0] // 32, size[1] // 32)
     assert torch.equal(features, maps[-1])
+
+
+def test_forward_intermediates_keeps_timms_contract(tiny_encoder):
+    # timm's feature API (indices, norm, stop_early, (final, intermediates)) must work unchanged.
+    images = torch.rand(1, 1, 64, 64)
+    with torch.no_grad():
+        final, maps = tiny_encoder.forward_intermediates(images)
+        assert [m.shape[1:] for m in maps] == [(24, 16, 16), (48, 8, 8), (96, 4, 4), (192, 2, 2)]
+        assert final.shape == (1, 2, 2, 192)  # timm's final features: NHWC, normed
+        assert torch.equal(final.permute(0, 3, 1, 2), tiny_encoder.forward_features(images))
+        assert not torch.equal(maps[-1], tiny_encoder.forward_features(images))  # norm=False by default
+        first_two = tiny_encoder.forward_intermediates(images, indices=[0, 1], stop_early=True, intermediates_only=True)
+        assert [torch.equal(a, b) for a, b in zip(first_two, maps[:2])] == [True, True]
+        last = tiny_encoder.forward_intermediates(images, indices=1, norm=True, intermediates_only=True)
+        assert len(last) == 1 and torch.equal(last[0], tiny_encoder.forward_features(images))
+
+
+def test_timm_features_only_wrapper_runs_on_the_encoder():
+    from timm.models._features import FeatureGetterNet
+
+    encoder = SwinEncoder(encoder_config("tiny", 64)).eval()
+    features = FeatureGetterNet(encoder, out_indices=(1, 3))
+    with torch.no_grad():
+        maps = features(torch.rand(1, 1, 64, 64))
+    assert [m.shape for m in maps] == [(1, 48, 8, 8), (1, 192, 2, 2)]
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
@@ -75,15 +100,18 @@ def test_masked_pixels_reach_the_features_only_through_the_mask_token(tiny_encod
     token_mask = window_mask(2, (16, 16), 4, 0.75, generator=generator)
     masked_pixels = pixel_mask(token_mask, 4)
     with torch.no_grad():
-        reference = tiny_encoder(images, token_mask)
-        inside = tiny_encoder(torch.where(masked_pixels, torch.rand_like(images), images), token_mask)
-        outside = tiny_encoder(torch.where(masked_pixels, images, torch.rand_like(images)), token_mask)
+        masked = tiny_encoder.forward_features_masked
+        reference = masked(images, token_mask)
+        inside = masked(torch.where(masked_pixels, torch.rand_like(images), images), token_mask)
+        outside = masked(torch.where(masked_pixels, images, torch.rand_like(images)), token_mask)
         tiny_encoder.mask_token.add_(1.0)
-        other_token = tiny_encoder(images, token_mask)
+        other_token = masked(images, token_mask)
         tiny_encoder.mask_token.sub_(1.0)
+        unmasked = masked(images, None)
     assert torch.equal(reference, inside)
     assert not torch.allclose(reference, outside)
     assert not torch.allclose(reference, other_token)
+    assert torch.equal(unmasked, tiny_encoder(images))
 
 
 def test_set_input_size_resizes_in_place_and_keeps_windows():
@@ -101,7 +129,7 @@ def test_set_input_size_resizes_in_place_and_keeps_windows():
 
 def test_token_mask_of_wrong_shape_is_rejected(tiny_encoder):
     with pytest.raises(ValueError, match="token_mask"):
-        tiny_encoder(torch.rand(1, 1, 64, 64), torch.zeros(1, 8, 8, dtype=torch.bool))
+        tiny_encoder.forward_features_masked(torch.rand(1, 1, 64, 64), torch.zeros(1, 8, 8, dtype=torch.bool))
 
 
 def test_grad_checkpointing_gives_the_same_gradients():

@@ -17,9 +17,10 @@ from timm.models.swin_transformer import SwinTransformer, get_relative_position_
 from torch import nn
 
 from vismae.cli import main
-from vismae.engine.checkpoint import export_encoder
 from vismae.models.decoders import MirrorDecoder
-from vismae.models.mae import build_mae
+from vismae.models.formats.vismae_export import export_encoder
+from vismae.models.formats.vismae_run import MAE_DESCRIPTION_FILE, read_mae_description, write_mae_description
+from vismae.models.mae import MAEConfig, build_mae
 from vismae.models.swin import EncoderConfig
 from vismae.models.weights import load_encoder, load_encoder_with_report, load_mae_init
 
@@ -193,30 +194,62 @@ def test_exported_encoder_round_trip(tmp_path, gray):
         torch.testing.assert_close(gray_features(loaded, gray), gray_features(original, gray), atol=0, rtol=0)
 
 
-def write_run(tmp_path, mae, step=12):
+def write_run(tmp_path, mae, step=12, legacy=False):
+    """A pretraining run as the engine leaves it: each checkpoint with its mae.json. A legacy run
+    (written before mae.json existed) has only the run's config.yaml to tell the settings."""
     run = tmp_path / "run"
     checkpoint = run / "checkpoints" / f"step_{step:07d}"
     checkpoint.mkdir(parents=True)
     save_file({key: value.contiguous() for key, value in mae.state_dict().items()}, str(checkpoint / "model.safetensors"))
     (checkpoint / "trainer_state.json").write_text(json.dumps({"step": step}))
+    if legacy:
+        overrides = "{norm_eps: 1.0e-06, always_partition: true}"
+    else:
+        write_mae_description(mae, checkpoint)
+        overrides = "{}"  # settings that disagree with the model: mae.json must win
     (run / "config.yaml").write_text(
-        "model:\n  preset: tiny\n  overrides: {norm_eps: 1.0e-06, always_partition: true}\n"
+        f"model:\n  preset: tiny\n  overrides: {overrides}\n"
         f"data:\n  size: {SIZE}\n  manifests: [cache/manifest.csv]\n"
     )
     return run, checkpoint
 
 
-def test_pretraining_run_and_checkpoint_folders(tmp_path, gray):
+@pytest.mark.parametrize("legacy", [False, True], ids=["mae.json", "legacy config.yaml"])
+def test_pretraining_run_and_checkpoint_folders(tmp_path, gray, legacy):
     mae = randomize(build_mae("tiny", SIZE, norm_eps=1e-6, always_partition=True))
-    run, checkpoint = write_run(tmp_path, mae)
+    run, checkpoint = write_run(tmp_path, mae, legacy=legacy)
+    # A newer step that never finished (no trainer state) is not a checkpoint.
+    (run / "checkpoints" / "step_0000099").mkdir()
 
     for source in (run, checkpoint, checkpoint / "model.safetensors"):
         encoder, report = load_encoder_with_report(source, verbose=False)
-        assert report.format == "vismae-pretrain"
-        # Settings no tensor shows come from the run's config.yaml.
+        assert report.format == "vismae-pretrain" and report.file == str(checkpoint / "model.safetensors")
+        # Settings no tensor shows come from the checkpoint's mae.json, or else the run's config.yaml.
         assert (encoder.config.norm_eps, encoder.config.always_partition) == (1e-6, True)
+        assert any(note.startswith("encoder settings from") and note.endswith("config.yaml" if legacy else "mae.json")
+                   for note in report.notes), report.notes  # fmt: skip
         assert report.missing == [] and report.unexpected == []
         torch.testing.assert_close(gray_features(encoder, gray), gray_features(mae.encoder, gray), atol=0, rtol=0)
+
+
+def test_checkpoint_description_rebuilds_the_mae(tmp_path):
+    mae = build_mae("tiny", SIZE, decoder="light", mask_ratio=0.6, mask_unit_px=8, norm_pix_loss=True, norm_eps=1e-6)
+    write_mae_description(mae, tmp_path)
+    description = json.loads((tmp_path / MAE_DESCRIPTION_FILE).read_text())
+    assert description["format"] == "vismae-mae" and description["version"] == 1
+    assert MAEConfig.from_dict(read_mae_description(tmp_path)) == mae.config
+    assert read_mae_description(tmp_path / "absent") is None  # a checkpoint written before descriptions
+
+
+def test_a_foreign_checkpoint_description_is_named_and_not_used(tmp_path):
+    mae = randomize(build_mae("tiny", SIZE, norm_eps=1e-6, always_partition=True))
+    _, checkpoint = write_run(tmp_path, mae)
+    (checkpoint / MAE_DESCRIPTION_FILE).write_text(json.dumps({"format": "other", "mae": {}}))
+    with pytest.raises(ValueError, match="mae.json: format is 'other'"):
+        read_mae_description(checkpoint)
+    encoder, report = load_encoder_with_report(checkpoint, verbose=False)
+    assert any("format is 'other'" in note for note in report.notes)
+    assert encoder.config.norm_eps == 1e-5  # the default: neither file's settings were taken
 
 
 def test_pretraining_checkpoint_initializes_encoder_and_decoder(tmp_path):

@@ -10,8 +10,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "demo",
         help="run the pipeline end to end on synthetic mammograms",
         description=(
-            "Write synthetic datasets in the real on-disk formats, read them into manifests, "
-            "prepare a training cache and summarize it. Rerunning continues where it stopped."
+            "Write synthetic VinDr-Mammo and CDD-CESM datasets in their real on-disk formats, read "
+            "them into manifests, prepare and summarize a training cache of each, pretrain a tiny "
+            "Swin MAE on both, finetune a classifier and a segmenter from that encoder and from "
+            "random init, then run the ROI-aware experiment and the label-efficiency sweep. "
+            "Rerunning continues where it stopped."
         ),
     )
     parser.add_argument("--out", default="runs/demo", help="demo folder (default: runs/demo)")

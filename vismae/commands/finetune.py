@@ -1,12 +1,23 @@
-"""`vismae finetune`: a classifier or segmenter from any encoder on a prepared cache."""
+"""`vismae finetune`: a classifier or segmenter from any encoder on a prepared cache. The
+repository's finetune.py runs the same command, so that `accelerate launch finetune.py ...`
+starts it on every process."""
 
 from __future__ import annotations
 
 import argparse
 
+HELP = "finetune an encoder into a benign/malignant classifier or an ROI segmenter"
+DESCRIPTION = (
+    "Train on the cache's train rows, select the epoch and the decision threshold on its "
+    "val rows (carved from train by patient when there are none), then predict val and "
+    "test. A finished run folder is reported as it is; an interrupted one resumes. Run it "
+    "directly or through Accelerate, on one device or many: `accelerate launch finetune.py "
+    "--config configs/finetune/vindr-classify.yaml init=runs/pretrain/mammo`."
+)
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The arguments shared by `vismae finetune` and the repository's finetune.py."""
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """The arguments of `vismae finetune` and of the repository's finetune.py, and what runs them."""
     parser.add_argument("--config", required=True, help="finetuning YAML (configs/finetune/*.yaml)")
     parser.add_argument(
         "--folds",
@@ -16,20 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="k-fold cross-validation by patient over the non-test rows instead of one run",
     )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. init=random:tiny train.epochs=2")
+    parser.set_defaults(func=run)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "finetune",
-        help="finetune an encoder into a benign/malignant classifier or an ROI segmenter",
-        description=(
-            "Train on the cache's train rows, select the epoch and the decision threshold on its "
-            "val rows (carved from train by patient when there are none), then predict val and "
-            "test. A finished run folder is reported as it is; an interrupted one resumes."
-        ),
-    )
-    add_arguments(parser)
-    parser.set_defaults(func=run)
+    configure(subparsers.add_parser("finetune", help=HELP, description=DESCRIPTION))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -15,6 +15,9 @@ datasets:
   cdd-cesm   CDD-CESM folder (annotation sheet, VIA segmentations, JPEG folders)
   cbis-ddsm  CBIS-DDSM folder (case description CSVs, DICOM download)
   table      a CSV of your own: only a path column is required
+  folder     any folder of DICOM files (headers read; ids written as salted hashes;
+             files left out are listed in OUT_left_out.csv, the salt kept in OUT.salt)
+  rsna       RSNA Screening Mammography folder (train.csv, train_images/; test.csv optional)
 """
 
 
@@ -40,21 +43,43 @@ def register(subparsers) -> None:
     # Dataset options default to None so that naming one the dataset does not take is an error.
     parser.add_argument(
         "--seed", type=int,
-        help="seed of the patient-grouped 10:1 split (cdd-cesm; table without a split column); default 0",
+        help="seed of the patient-grouped 10:1 split (cdd-cesm, folder, rsna; table without a split column); default 0",
     )
     parser.add_argument(
         "--include-cesm", action="store_true", default=None,
         help="cdd-cesm: add the subtracted (CM) images to the low-energy ones",
     )
     parser.add_argument(
+        "--paper-split", action="store_true", default=None,
+        help="cdd-cesm: the ROI paper's selection and split (Table 3): benign and malignant low-energy images, "
+        "as many of each, 10:1 with as many of each in test, by patient (seeded by --seed)",
+    )
+    parser.add_argument(
         "--csv", type=Path, help="table: the CSV, when --root is the folder its relative paths start from"
+    )
+    parser.add_argument(
+        "--salt", help="folder: the secret that keys the hashed ids (default: the one kept in --salt-file)"
+    )
+    parser.add_argument(
+        "--salt-file", type=Path,
+        help="folder: file holding the salt, drawn and written there on first use (default: OUT.salt); keep it private",
+    )
+    parser.add_argument(
+        "--allow-for-processing", action="store_true", default=None,
+        help="folder: keep DICOMs marked FOR PROCESSING (raw detector data) too",
+    )
+    parser.add_argument("--workers", type=int, help="folder: header-reading threads (default: cores + 4, at most 32)")
+    parser.add_argument(
+        "--stratify-site", action="store_true", default=None,
+        help="rsna: split each site's patients separately, so both sites keep their share of test",
     )
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
     from vismae.data.manifest import write_manifest
-    from vismae.data.sources import read_dataset
+    from vismae.data.sources import options_of, read_dataset
+    from vismae.data.sources.left_out import report_beside
 
     if args.root is None and not (args.dataset == "table" and args.csv is not None):
         raise ValueError("--root is required (for --dataset table, --root or --csv)")
@@ -63,8 +88,16 @@ def run(args) -> int:
     # Readers report what they dropped, moved or filled in through logging.
     logging.basicConfig(level=logging.INFO, format="vismae manifest: %(message)s")
 
-    chosen = {"seed": args.seed, "include_cesm": args.include_cesm, "csv": args.csv}
+    chosen = {
+        "seed": args.seed, "include_cesm": args.include_cesm, "csv": args.csv, "salt": args.salt,
+        "salt_file": args.salt_file, "allow_for_processing": args.allow_for_processing,
+        "workers": args.workers, "stratify_site": args.stratify_site, "paper_split": args.paper_split,
+    }
     options = {name: value for name, value in chosen.items() if value is not None}
+    # Files kept beside the manifest, for the readers that write them.
+    beside = {"report": report_beside(args.out), "salt_file": args.out.with_suffix(".salt")}
+    takes = options_of(args.dataset)
+    options.update({name: path for name, path in beside.items() if name in takes and name not in options})
     frame = read_dataset(args.dataset, args.root, allow_missing=args.allow_missing, **options)
     write_manifest(frame, args.out)
     print(

@@ -7,8 +7,8 @@ from pathlib import Path
 
 HEADINGS = {"with_roi": "with ROI", "without_roi": "without ROI"}
 TITLES = {
-    "by_split": "Images by label and split (ROI paper, Table 1)",
-    "by_roi": "Images by label and ROI presence (ROI paper, Table 2)",
+    "by_split": "Images by label and split (ROI paper, Tables 1 and 3)",
+    "by_roi": "Images by label and ROI presence (ROI paper, Tables 2 and 4)",
     "by_view": "Images by label and view",
 }
 
@@ -47,7 +47,8 @@ def format_summary(summary: dict, source: str) -> str:
     patients = ", ".join(f"{split} {n}" for split, n in summary["patients_by_split"].items() if n)
     lines = [
         f"{source}: {summary['images']} images, {summary['patients']} patients ({patients}), "
-        f"{summary['studies']} studies; datasets: {datasets}",
+        f"{summary['studies']} studies; datasets: {datasets}; image kinds: "
+        + ", ".join(f"{kind} {n}" for kind, n in summary.get("image_kinds", {}).items()),
     ]
     for key, title in TITLES.items():
         lines += [""] + _format_table(title, summary[key])

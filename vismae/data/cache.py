@@ -9,7 +9,8 @@ Layout of a cache folder::
                          per image: transform and ROI in cache coordinates (written last)
     failed/<name>.json   per image that could not be prepared: the reason
     manifest.csv         the cache manifest, rebuilt from records/ at the end of every run
-    transforms.csv       crop box, flip and scale per image, to map predictions back
+    transforms.csv       per image: crop box, flip, scale and padding from the original image
+                         to the cached one, a record of where each cached pixel came from
     prepare_report.csv   image_id, path, reason of every image that failed
 
 Work is split per image and every output is written atomically with the record last, so a

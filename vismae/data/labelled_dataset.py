@@ -9,7 +9,6 @@ index), so runs repeat exactly on one process or several and after a resume.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 from dataclasses import dataclass
 
@@ -21,8 +20,9 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from vismae.data.dataset import EpochShuffle, check_image_sizes, read_cached_image
-from vismae.data.manifest import CACHE_COLUMNS, SPLITS, view_names
+from vismae.data.manifest import CACHE_COLUMNS, SPLITS, mixed_image_kinds, view_names
 from vismae.data.splits import carve_validation
+from vismae.io import input_digest
 
 NO_CLASS = -1  # the target of rows without a class (segmentation ignores classes)
 
@@ -68,6 +68,8 @@ def prepare_task_rows(frame: pd.DataFrame, task: str, data) -> tuple[pd.DataFram
     rows, left_out = select_task_rows(frame, task, data)
     if rows.empty:
         raise ValueError(f"no rows left to finetune on ({_describe(left_out)})")
+    if (mixed := mixed_image_kinds(rows)) is not None:
+        print(f"warning: {mixed}")
     rows, unreadable, cache_size = readable_rows(rows)
     if unreadable:
         left_out["unreadable image"] = len(unreadable)
@@ -105,8 +107,7 @@ def _describe(left_out: dict) -> str:
 
 def rows_digest(rows: pd.DataFrame) -> str:
     """What identifies the data of a run: each image, its split and its target."""
-    key = rows[["image_id", "split", "target"]].sort_values("image_id").to_csv(index=False)
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
+    return input_digest(rows, ["image_id", "split", "target"])
 
 
 def cache_image_size(paths: list[str]) -> tuple[int, int]:

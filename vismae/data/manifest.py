@@ -4,7 +4,14 @@ Every dataset reader ends in a manifest and nothing after it knows which dataset
 from. Columns, in this order:
 
     image_id, patient_id, study_id, dataset, path, view, laterality, label, birads,
-    has_roi, roi, split
+    has_roi, roi, split, image_kind
+
+``image_kind`` says what the pixels are: ``DM``, an ordinary mammogram (digital or digitized
+film, and the low-energy image of contrast-enhanced mammography, which is one), or ``CESM``,
+a recombined (subtracted) contrast-enhanced image, which looks nothing like a mammogram; empty
+where the reader does not say. It is optional on reading: a manifest written before it existed
+reads with every kind empty. A model must not learn from both kinds unawares
+(``mixed_image_kinds``).
 
 A prepared cache's manifest has the same columns plus ``mask_path`` (empty when the image
 has no ROI). In memory a manifest is a pandas DataFrame with ``birads`` as a nullable
@@ -47,10 +54,16 @@ COLUMNS = [
     "split",
 ]
 CACHE_COLUMNS = COLUMNS + ["mask_path"]
+# Written to every manifest after the required columns; optional on reading (older manifests
+# lack it), so it is in neither list above.
+IMAGE_KIND = "image_kind"
+IMAGE_KINDS = ("DM", "CESM", "")  # "": not said
 
 VIEWS = ("CC", "MLO")
 LATERALITIES = ("L", "R")
 LABELS = ("benign", "malignant", "normal", "unknown")
+# The labels most severe first: a patient, or a breast, with one malignant image is malignant.
+SEVERITY = ("malignant", "benign", "normal", "unknown")
 SPLITS = ("train", "val", "test")
 ROI_SHAPE_KEYS = {
     "box": ("xmin", "ymin", "xmax", "ymax"),
@@ -125,6 +138,8 @@ def validate(frame: pd.DataFrame, source: str | os.PathLike | None = None) -> pd
     _check_choice(frame, "laterality", LATERALITIES, source)
     _check_choice(frame, "label", LABELS, source)
     _check_choice(frame, "split", SPLITS, source)
+    if IMAGE_KIND in frame.columns:
+        _check_choice(frame, IMAGE_KIND, IMAGE_KINDS, source)
     birads = frame["birads"]
     bad = _bad_rows(birads.notna() & ~birads.isin(range(0, 7)))
     if bad:
@@ -159,9 +174,14 @@ def validate(frame: pd.DataFrame, source: str | os.PathLike | None = None) -> pd
 
 def new_frame(rows: list[dict]) -> pd.DataFrame:
     """Build a manifest frame from row dicts (readers use this), with the column types fixed."""
-    columns = CACHE_COLUMNS if rows and "mask_path" in rows[0] else COLUMNS
+    columns = _written_columns(rows[0] if rows else {})
     frame = pd.DataFrame(rows, columns=columns)
     return _normalize(frame)
+
+
+def _written_columns(columns) -> list[str]:
+    """The manifest columns in file order; a cache's (with ``mask_path``) where ``columns`` has it."""
+    return COLUMNS + [IMAGE_KIND] + (["mask_path"] if "mask_path" in columns else [])
 
 
 def _normalize(frame: pd.DataFrame) -> pd.DataFrame:
@@ -173,7 +193,38 @@ def _normalize(frame: pd.DataFrame) -> pd.DataFrame:
     )
     frame["has_roi"] = frame["has_roi"].astype(bool)
     frame["roi"] = [list(shapes) if isinstance(shapes, list) else [] for shapes in frame["roi"]]
+    kinds = frame[IMAGE_KIND] if IMAGE_KIND in frame.columns else pd.Series("", index=frame.index)
+    frame[IMAGE_KIND] = kinds.astype(object).where(kinds.notna(), "").astype(str)
     return frame
+
+
+def image_kind_counts(frame: pd.DataFrame) -> dict[str, int]:
+    """Images per ``image_kind`` (``""`` counted as ``unknown``); every image unknown for a
+    frame without the column."""
+    kinds = frame[IMAGE_KIND] if IMAGE_KIND in frame.columns else pd.Series("", index=frame.index)
+    counts = kinds.fillna("").replace("", "unknown").value_counts()
+    return {str(kind): int(n) for kind, n in counts.sort_index().items()}
+
+
+def mixed_image_kinds(frame: pd.DataFrame) -> str | None:
+    """A sentence naming the counts when ``frame`` holds both DM and CESM images, else None.
+    Unknown kinds mix with nothing: an older manifest says nothing either way."""
+    counts = {kind: n for kind, n in image_kind_counts(frame).items() if kind != "unknown"}
+    if len(counts) < 2:
+        return None
+    named = " and ".join(f"{n} {kind}" for kind, n in counts.items())
+    return (
+        f"the rows mix image kinds ({named} images): a low-energy mammogram and a subtracted contrast "
+        f"image look nothing alike, and one model would learn both; keep one kind (the manifest's "
+        f"'{IMAGE_KIND}' column; for CDD-CESM, build it without --include-cesm)"
+    )
+
+
+def require_one_image_kind(frame: pd.DataFrame, what: str) -> None:
+    """Raise ManifestError, naming the counts, when ``frame`` mixes DM and CESM images."""
+    problem = mixed_image_kinds(frame)
+    if problem:
+        raise ManifestError(f"{what}: {problem}")
 
 
 def _parse_bool(value, source, row_number: int) -> bool:
@@ -254,7 +305,7 @@ def write_manifest(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     base = Path(os.path.abspath(path.parent))
     out = frame.copy()
-    columns = CACHE_COLUMNS if "mask_path" in out.columns else COLUMNS
+    columns = _written_columns(out.columns)
     out["path"] = [_relative(p, base) for p in out["path"]]
     if "mask_path" in out.columns:
         out["mask_path"] = [_relative(p, base) for p in out["mask_path"].fillna("")]

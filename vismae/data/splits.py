@@ -1,4 +1,5 @@
-"""Patient-grouped splits: train/val/test, k folds and nested label fractions.
+"""Patient-grouped splits: train/val/test, k folds, nested label fractions, and the 10:1
+train/test draw of dataset readers.
 
 Everything here works on patients, never on single images: all rows of a patient land on the
 same side, so a patient's other views never leak into validation or test. Patients are
@@ -12,23 +13,38 @@ the set of patients, never on the order of the manifest's rows.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
 
-from vismae.data.manifest import SPLITS, read_manifest, validate, write_manifest
+from vismae.data.manifest import SEVERITY, SPLITS, read_manifest, validate, write_manifest
 from vismae.io import write_json
 
-SEVERITY = ("malignant", "benign", "normal", "unknown")  # most severe first
 DEFAULT_FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
 LABEL_FRACTIONS = (0.05, 0.10, 0.25, 0.50, 0.80, 1.0)  # VIS-MAE's label-efficiency grid
 SPLITS_FILE = "splits.json"
+TRAIN_PER_TEST = 10  # the ROI paper's CDD-CESM split, train:test
+log = logging.getLogger(__name__)
 
 
 # --- strata and dealing -----------------------------------------------------------------
+
+
+def most_severe_labels(patients, labels) -> pd.Series:
+    """Each patient's most severe label, indexed by sorted patient id."""
+    patients = pd.Series(np.asarray(patients, dtype=object), name="patient_id")
+    labels = np.asarray(labels, dtype=object)
+    rank = pd.Series(labels).map({label: i for i, label in enumerate(SEVERITY)})
+    if rank.isna().any():
+        unknown = sorted({str(label) for label in labels[rank.isna().to_numpy()]})
+        raise ValueError(f"unknown labels {unknown}; expected some of {', '.join(SEVERITY)}")
+    return rank.groupby(patients).min().sort_index().map(dict(enumerate(SEVERITY)))
 
 
 def patient_strata(frame: pd.DataFrame, stratify: str | None = "label") -> pd.Series:
@@ -42,9 +58,7 @@ def patient_strata(frame: pd.DataFrame, stratify: str | None = "label") -> pd.Se
         return pd.Series("all", index=pd.Index(sorted(patients.unique()), name="patient_id"))
     if stratify != "label":
         raise ValueError(f"stratify must be 'label' or None, got {stratify!r}")
-    rank = frame["label"].map({label: i for i, label in enumerate(SEVERITY)})
-    most_severe = rank.groupby(patients).min().sort_index()
-    return most_severe.map(dict(enumerate(SEVERITY)))
+    return most_severe_labels(patients, frame["label"])
 
 
 def _shuffled_strata(frame: pd.DataFrame, seed: int, stratify: str | None) -> list[np.ndarray]:
@@ -147,6 +161,39 @@ def carve_validation(
     train = frame.iloc[rows]
     parts = _deal(_shuffled_strata(train, seed, stratify), {"train": 1 - fraction, "val": fraction})
     return _with_splits(frame, rows, parts)
+
+
+def train_test_by_patient(patients, labels, seed: int = 0, train_per_test: int = TRAIN_PER_TEST) -> np.ndarray:
+    """'train' or 'test' for each image of a dataset that ships without a split: one patient
+    in ``train_per_test + 1`` goes to test, stratified by the patients' most severe labels.
+
+    Dataset readers draw this split, as the ROI paper splits CDD-CESM 10:1. It stays with
+    scikit-learn's StratifiedGroupKFold (test is the first of ``train_per_test + 1`` folds)
+    rather than the dealing rule above because every manifest read so far carries its
+    assignment: dealing would move patients between train and test (34 of the demo's 200
+    CDD-CESM patients).
+    """
+    patients = np.asarray(patients, dtype=object)
+    n_patients = len(set(patients))
+    if n_patients < 2:
+        log.warning("only %d patient: every image goes to train, none to test", n_patients)
+        return np.full(len(patients), "train", dtype=object)
+    folds = train_per_test + 1
+    placeholder = np.zeros(len(patients))
+    if n_patients >= folds:
+        strata = pd.Series(patients).map(most_severe_labels(patients, labels)).to_numpy(dtype=object)
+        splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+        with warnings.catch_warnings():
+            # A label with fewer patients than folds cannot reach every fold; that is the
+            # "where possible" of stratification, not an error.
+            warnings.simplefilter("ignore", UserWarning)
+            _, test = next(splitter.split(placeholder, strata, patients))
+    else:
+        splitter = GroupShuffleSplit(n_splits=1, test_size=1 / folds, random_state=seed)
+        _, test = next(splitter.split(placeholder, groups=patients))
+    split = np.full(len(patients), "train", dtype=object)
+    split[test] = "test"
+    return split
 
 
 # --- k folds -----------------------------------------------------------------------------

@@ -7,10 +7,12 @@ an encoder into a benign/malignant classifier or an ROI segmenter and leaves beh
       data.json          images, patients and positives per split; rows left out and why
       history.csv        per epoch: lr, training loss, validation loss and AUC or Dice
       model.safetensors  the selected epoch's weights, with model.json to rebuild the model
-      threshold.json     the decision threshold, chosen on validation predictions only
+      threshold.json     the decision threshold, chosen on validation predictions only (or
+                         fixed by the config: eval.threshold_rule fixed:T)
       predictions.csv    one row per val and test image
       metrics.json       val and test metrics with patient-level 95 % intervals; written
                          last, it marks the run finished, and a finished run is returned as is
+      .lock              held while a run lives: a second launch into the folder is refused
 
 The honest order is the code's order: model selection and threshold use train and val rows
 only (``train_model``, ``decide_threshold``); test rows are read once, by ``predict_rows``,
@@ -28,13 +30,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 from accelerate import Accelerator
-from accelerate.utils import parse_flag_from_env, set_seed
+from accelerate.utils import set_seed
 from timm.optim import param_groups_layer_decay
 from torch.utils.data import DataLoader
 
-from vismae.config import ConfigError, differing_keys, flatten, read_yaml, to_dict
+from vismae import run_folder
+from vismae.config import ConfigError, to_dict
 from vismae.data.dataset import EpochShuffle
 from vismae.data.labelled_dataset import (
     BalancedEpochSampler,
@@ -46,7 +48,8 @@ from vismae.data.labelled_dataset import (
 )
 from vismae.data.manifest import CACHE_COLUMNS, SPLITS, read_manifest, write_manifest
 from vismae.data.splits import kfold
-from vismae.engine.finetune_config import FinetuneConfig
+from vismae.engine.accelerator import make_accelerator
+from vismae.engine.finetune_config import FinetuneConfig, fixed_threshold
 from vismae.engine.finetune_loop import FitResult, Trainer, build_loss, class_weights
 from vismae.engine.optim import no_weight_decay_names
 from vismae.engine.predict import (
@@ -58,16 +61,17 @@ from vismae.engine.predict import (
     with_threshold,
     write_predictions,
 )
-from vismae.engine.pretrain_loop import Plan, Session
-from vismae.io import atomic_path, write_json, write_text
-from vismae.metrics import choose_threshold, summarize_folds
+from vismae.engine.train_step import Plan, Session
+from vismae.io import write_csv, write_json
+from vismae.metrics import choose_threshold, summarize_folds, value_with_interval
 from vismae.models.heads import build_task_model
+from vismae.models.random_init import SWIN_BACKBONE
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
 # Keys that do not change a run's result: a finished or resumed run may differ in them.
 NEUTRAL_KEYS = ("output_dir", "data.manifest", "data.num_workers", "eval.batch_size", "checkpoint.every_epochs", "checkpoint.keep")
-HEADLINE = ("roc_auc", "pr_auc", "sensitivity", "specificity", "f1", "accuracy", "dice", "precision", "recall")
+HEADLINE = ("roc_auc", "pr_auc", "sensitivity", "specificity", "f1", "f_sens_spec", "accuracy", "dice", "precision", "recall")
 
 
 @dataclass
@@ -107,16 +111,20 @@ def finetune(
     """
     run_dir = Path(run_dir).expanduser().resolve()
     config = config.for_run(init, task, run_dir)
+    accelerator = accelerator or make_accelerator(config.train.mixed_precision)
+    with run_folder.hold(run_dir, accelerator):
+        return _finetune(frame, config, run_dir, accelerator)
+
+
+def _finetune(frame: pd.DataFrame, config: FinetuneConfig, run_dir: Path, accelerator: Accelerator) -> FinetuneResult:
     rows, data_notes = prepare_task_rows(frame, config.task, config.data)
     check_saved_run(run_dir, config, data_notes["digest"])
     if (run_dir / METRICS_FILE).is_file():
         return FinetuneResult.load(run_dir)
 
-    accelerator = accelerator or make_accelerator(config.train.mixed_precision)
     started = time.perf_counter()
     if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
+        run_folder.save_config(run_dir, to_dict(config))
         write_manifest(rows[CACHE_COLUMNS], run_dir / "manifest.csv")
         write_json(run_dir / "data.json", data_notes)
     accelerator.wait_for_everyone()
@@ -157,15 +165,6 @@ def finetune(
     return FinetuneResult(run_dir, metrics, run_dir / PREDICTIONS_FILE, cut, trained.fit.best_epoch)
 
 
-def make_accelerator(mixed_precision: str) -> Accelerator:
-    # Autocast on a CPU without bf16 units is many times slower than fp32, never faster. The
-    # device is judged without creating Accelerate's state first: a PartialState() made here
-    # would fix the process layout before Accelerator reads ACCELERATE_USE_CPU, and CPU ranks
-    # launched with --multi_gpu would each run alone.
-    on_gpu = torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU")
-    return Accelerator(mixed_precision=mixed_precision if on_gpu else "no")
-
-
 def select_rows(frame: pd.DataFrame, config: FinetuneConfig) -> tuple[pd.DataFrame, dict]:
     """The rows ``config``'s task trains and is judged on, with their 0/1 ``target``, and how
     many were left out by reason (for callers that draw subsets of exactly those rows)."""
@@ -178,14 +177,10 @@ def select_rows(frame: pd.DataFrame, config: FinetuneConfig) -> tuple[pd.DataFra
 
 def check_saved_run(run_dir: Path, config: FinetuneConfig, digest: str) -> None:
     """Refuse to finish, resume or return a run folder made with another config or other rows."""
-    saved_config, saved_data = run_dir / "config.yaml", run_dir / "data.json"
-    if saved_config.is_file():
-        saved, new = read_yaml(saved_config), to_dict(config)
-        changed = [key for key in differing_keys(saved, new) if key not in NEUTRAL_KEYS]
-        if changed:
-            old, new_flat = flatten(saved), flatten(new)
-            lines = "; ".join(f"{key}: {old.get(key, '(absent)')!r} -> {new_flat.get(key, '(absent)')!r}" for key in changed)
-            raise ConfigError(f"{run_dir} holds a run with another config ({lines}); choose another run folder")
+    run_folder.check_config(
+        run_dir, to_dict(config), neutral=NEUTRAL_KEYS, defaults=to_dict(FinetuneConfig()), remedy="choose another run folder"
+    )
+    saved_data = run_dir / "data.json"
     if saved_data.is_file() and json.loads(saved_data.read_text()).get("digest") != digest:
         raise ConfigError(f"{run_dir} holds a run on other rows (images, splits or labels differ); choose another run folder")
 
@@ -208,6 +203,8 @@ def build_model(config: FinetuneConfig, image_size: tuple[int, int], verbose: bo
     from vismae.models.weights import load_encoder
 
     model_settings = config.model
+    if model_settings.backbone != SWIN_BACKBONE:
+        return _timm_classifier(config, image_size, verbose)
     encoder = load_encoder(
         config.init,
         img_size=image_size,
@@ -227,6 +224,20 @@ def build_model(config: FinetuneConfig, image_size: tuple[int, int], verbose: bo
     model = build_task_model(encoder, config.task, **head)
     description = {"task": config.task, "encoder": encoder.config.to_dict(), "head": head, "classes": classes, "init": config.init}
     return model, description
+
+
+def _timm_classifier(config: FinetuneConfig, image_size: tuple[int, int], verbose: bool) -> tuple[torch.nn.Module, dict]:
+    """A timm backbone (``model.backbone``) with timm's two-class head, from random init or a
+    timm checkpoint file; Swin-only settings (fold_input_norm, overrides, decoder) do not apply."""
+    from vismae.models.backbones import build_timm_classifier
+
+    settings = config.model
+    model, built = build_timm_classifier(
+        settings.backbone, config.init, image_size, settings.pool, settings.drop_path, settings.head_dropout, verbose
+    )
+    classes = [config.data.negative, config.data.positive]
+    head = {"num_classes": 2, "pool": settings.pool, "dropout": settings.head_dropout}
+    return model, {"task": config.task, **built, "head": head, "classes": classes, "init": config.init}
 
 
 def training_loss(config: FinetuneConfig, targets: np.ndarray) -> torch.nn.Module:
@@ -342,9 +353,13 @@ def predict_rows(trained: TrainedModel, rows: pd.DataFrame, config: FinetuneConf
 
 
 def decide_threshold(val_table: pd.DataFrame, config: FinetuneConfig) -> dict:
-    """The decision threshold from validation predictions (Youden or a target sensitivity)."""
+    """The decision threshold from validation predictions (Youden or a target sensitivity),
+    or the one ``fixed:T`` names, whatever the predictions."""
     settings = config.eval
     targets, scores = val_table["target"].to_numpy(), val_table["probability"].to_numpy()
+    fixed = fixed_threshold(settings.threshold_rule)
+    if fixed is not None:
+        return {"rule": "fixed", "threshold": fixed, "chosen_on": "config", "n": len(targets), "positives": int(targets.sum())}
     decision = {"rule": settings.threshold_rule, "chosen_on": "val", "n": len(targets), "positives": int(targets.sum())}
     if settings.threshold_rule == "sensitivity":
         decision["target_sensitivity"] = settings.target_sensitivity
@@ -363,8 +378,7 @@ def report(table: pd.DataFrame, config: FinetuneConfig, threshold: float | None)
 
 
 def write_history(history: list[dict], path: Path) -> None:
-    with atomic_path(path) as temporary:
-        pd.DataFrame(history).to_csv(temporary, index=False, float_format="%.6g")
+    write_csv(path, pd.DataFrame(history), float_format="%.6g")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -394,7 +408,8 @@ def cross_validate(
     rows, _ = select_task_rows(frame, task, config.data)
     folds = kfold(rows.drop(columns="target"), k, seed=config.data.split_seed)
     accelerator = accelerator or make_accelerator(config.train.mixed_precision)
-    results = [finetune(fold, init, task, config, run_dir / f"fold_{i}", accelerator) for i, fold in enumerate(folds)]
+    with run_folder.hold(run_dir, accelerator):  # each fold's run holds its own folder inside
+        results = [finetune(fold, init, task, config, run_dir / f"fold_{i}", accelerator) for i, fold in enumerate(folds)]
     summary = {
         split: summarize_folds([_numbers(result.metrics[split]) for result in results])
         for split in ("val", "test")
@@ -436,11 +451,13 @@ def summary_lines(result: FinetuneResult | CrossValidationResult) -> list[str]:
     metrics = result.metrics
     lines = [f"run: {result.run_dir}", f"selected epoch {result.best_epoch} by validation {metrics['selected_by']}"]
     if result.threshold is not None:
-        lines.append(f"threshold {result.threshold:.4g} ({metrics['threshold']['rule']}, chosen on val)")
+        decision = metrics["threshold"]
+        how = "fixed by the config" if decision.get("chosen_on") == "config" else f"chosen on {decision.get('chosen_on', 'val')}"
+        lines.append(f"threshold {result.threshold:.4g} ({decision['rule']}, {how})")
     for split in ("val", "test"):
         if split in metrics:
             report = metrics[split]
-            cells = [f"{name} {v['value']:.3f} [{v['low']:.3f}, {v['high']:.3f}]" for name, v in report.items() if name in HEADLINE]
+            cells = [f"{name} {value_with_interval(v)}" for name, v in report.items() if name in HEADLINE]
             lines.append(f"  {split} (n={report['n']}): " + ", ".join(cells))
     lines.append(f"predictions: {result.predictions}")
     return lines

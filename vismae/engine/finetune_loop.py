@@ -10,18 +10,20 @@ from __future__ import annotations
 import math
 import shutil
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from safetensors.torch import load_file
+from sklearn.utils.class_weight import compute_class_weight
 
+from vismae import run_folder
 from vismae.engine import checkpoint
-from vismae.engine.optim import set_lr
 from vismae.engine.predict import MODEL_CONFIG, MODEL_WEIGHTS, infer, save_model, summarize_segmentation
+from vismae.engine.train_step import LoopState, Session, epoch_loader, train_step
 from vismae.io import atomic_path
-from vismae.engine.pretrain_loop import LoopState, NonFiniteLossError, Session, epoch_loader
 from vismae.metrics import classification_metrics
 
 TARGET_KEYS = {"classify": "target", "segment": "mask"}
@@ -43,30 +45,29 @@ def build_loss(task: str, class_weights: torch.Tensor | None = None) -> torch.nn
 
 def train_one_epoch(session: Session, state: LoopState, task: str, loss_fn) -> float:
     """One pass over the epoch's batches; returns the mean training loss over all processes."""
-    accelerator, model, optimizer, plan = session.accelerator, session.model, session.optimizer, session.plan
+    model, plan = session.model, session.plan
     model.train()
     losses = []
     for batch in epoch_loader(session, state):
-        with accelerator.autocast():
-            logits = model(batch["image"])
-        loss = loss_fn(logits.float(), batch[TARGET_KEYS[task]])
-        # The same mean on every process, so all stop together on a bad value, before it
-        # reaches the weights.
-        value = accelerator.reduce(loss.detach(), reduction="mean").item()
-        if not math.isfinite(value):
-            raise NonFiniteLossError(f"the training loss is {value} at step {state.step + 1} (epoch {state.epoch + 1})")
-        set_lr(optimizer, plan.lr(state.step))
-        accelerator.backward(loss)
-        if session.clip_grad is not None:
-            accelerator.clip_grad_norm_(model.parameters(), session.clip_grad)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        loss, _ = train_step(
+            session,
+            forward=partial(model, batch["image"]),
+            loss_of=partial(task_loss, loss_fn, batch[TARGET_KEYS[task]]),
+            step=state.step,
+            epoch_label=state.epoch + 1,
+            loss_name="training loss",
+        )
         state.step += 1
         state.images_seen += plan.global_batch
-        losses.append(value)
+        losses.append(loss)
     state.epoch += 1
     state.batch_in_epoch = 0
     return float(np.mean(losses)) if losses else float("nan")
+
+
+def task_loss(loss_fn, target: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """The loss in fp32 whatever the autocast precision of the logits."""
+    return loss_fn(logits.float(), target)
 
 
 def validation_summary(outputs: pd.DataFrame, targets: np.ndarray, task: str) -> dict:
@@ -173,15 +174,20 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         """The training state, and a copy of the best weights so far: epochs trained after a
-        checkpoint may replace run_dir's best weights, and a resume must undo that."""
+        checkpoint may replace run_dir's best weights, and a resume must undo that. The copy
+        goes in before the checkpoint is marked complete."""
         accelerator = self.session.accelerator
-        saved = checkpoint.save_checkpoint(accelerator, self.checkpoints, self.state.step, self.trainer_state(), self.checkpoint_keep)
-        if accelerator.is_main_process:
-            copy_model_files(self.run_dir, saved)
-        accelerator.wait_for_everyone()
+        checkpoint.save_checkpoint(
+            accelerator, self.checkpoints, self.state.step, self.trainer_state(), self.checkpoint_keep,
+            describe=partial(copy_model_files, self.run_dir),
+        )  # fmt: skip
 
     def resume(self) -> None:
-        newest = checkpoint.newest_checkpoint(self.checkpoints)
+        accelerator = self.session.accelerator
+        if accelerator.is_main_process:
+            run_folder.remove_temporaries(self.checkpoints)  # left by a run killed while saving
+        accelerator.wait_for_everyone()
+        newest = run_folder.newest_checkpoint(self.checkpoints)
         if newest is None:
             return
         saved = checkpoint.read_trainer_state(newest)
@@ -196,7 +202,6 @@ class Trainer:
                 f"{newest}: saved with {saved['processes']} process(es) x batch {saved['batch_size']}, now "
                 f"{plan.processes} x {plan.batch_size}; resume with the same layout or use another run folder"
             )
-        accelerator = self.session.accelerator
         if not (newest / MODEL_WEIGHTS).is_file():
             raise ValueError(f"{newest}: the checkpoint lacks the best weights so far; use another run folder")
         accelerator.load_state(str(newest))
@@ -216,10 +221,10 @@ def copy_model_files(source: Path, target: Path) -> None:
 
 
 def class_weights(targets: np.ndarray, num_classes: int = 2) -> torch.Tensor:
-    """Inverse class frequencies scaled so that a balanced set weighs 1 per class
-    (scikit-learn's "balanced": n / (classes x count))."""
-    counts = np.bincount(targets, minlength=num_classes).astype(float)
-    if (counts == 0).any():
-        missing = [c for c in range(num_classes) if counts[c] == 0]
+    """scikit-learn's "balanced" class weights, n / (classes x count): inverse class
+    frequencies scaled so that a balanced set weighs 1 per class."""
+    classes = np.arange(num_classes)
+    missing = sorted(set(classes.tolist()) - set(np.unique(targets).tolist()))
+    if missing:
         raise ValueError(f"the training rows have no images of class {missing}; cannot weight the loss")
-    return torch.tensor(len(targets) / (num_classes * counts), dtype=torch.float32)
+    return torch.tensor(compute_class_weight("balanced", classes=classes, y=targets), dtype=torch.float32)

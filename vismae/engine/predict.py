@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
 from vismae.io import atomic_path, write_json
-from vismae.metrics import bootstrap_ci, metrics_with_ci, per_image_segmentation
+from vismae.metrics import bootstrap_ci, metrics_with_ci, per_image_segmentation, summarize_segmentation
 
 MODEL_WEIGHTS = "model.safetensors"
 MODEL_CONFIG = "model.json"
@@ -128,23 +128,11 @@ def write_predictions(table: pd.DataFrame, path: Path) -> Path:
 
 
 def classification_report(table: pd.DataFrame, threshold: float, n_boot: int, seed: int = 0) -> dict:
-    """Sensitivity, specificity, F1, accuracy, ROC AUC, PR AUC with patient-level 95 % intervals."""
+    """Sensitivity, specificity, F1, the harmonic mean of sensitivity and specificity (the
+    ROI-aware paper's F-score), accuracy, ROC AUC and PR AUC with patient-level 95 % intervals;
+    each interval carries the positives and negatives it rests on and how many resamples left
+    its metric undefined (``vismae.metrics.interval_problem`` says when that is too many)."""
     return metrics_with_ci(table["target"], table["probability"], table["patient_id"], threshold, n_boot, seed)
-
-
-def summarize_segmentation(table: pd.DataFrame) -> dict:
-    """Mean per-image Dice, precision and recall (undefined ones left out) and the same three
-    pooled over all pixels, from a table of per-image counts; as vismae.metrics.segmentation_metrics."""
-    tp, fp, fn = (float(table[name].sum()) for name in ("tp", "fp", "fn"))
-    pooled = lambda numerator, denominator: numerator / denominator if denominator else float("nan")  # noqa: E731
-    return {
-        "dice": float(table["dice"].mean()),
-        "precision": float(table["precision"].mean()),
-        "recall": float(table["recall"].mean()),
-        "dice_pooled": pooled(2 * tp, 2 * tp + fp + fn) if tp + fp + fn else 1.0,
-        "precision_pooled": pooled(tp, tp + fp),
-        "recall_pooled": pooled(tp, tp + fn),
-    }
 
 
 def segmentation_report(table: pd.DataFrame, n_boot: int, seed: int = 0) -> dict:
@@ -173,9 +161,9 @@ def save_model(model: torch.nn.Module, folder: Path, description: dict) -> Path:
 
 
 def load_model(folder: str | Path) -> tuple[torch.nn.Module, dict]:
-    """Rebuild a finetuned model from its run folder (safetensors only, no pickle)."""
-    from vismae.models.heads import build_task_model
-    from vismae.models.swin import EncoderConfig, SwinEncoder
+    """Rebuild a finetuned model from its run folder (safetensors only, no pickle): our Swin
+    encoder with its head, or the timm backbone model.json names."""
+    from vismae.models.backbones import rebuild_task_model
 
     folder = Path(folder)
     description_path = folder / MODEL_CONFIG
@@ -184,22 +172,22 @@ def load_model(folder: str | Path) -> tuple[torch.nn.Module, dict]:
     description = json.loads(description_path.read_text())
     if description.get("format") != MODEL_FORMAT:
         raise ValueError(f"{description_path}: format is {description.get('format')!r}, expected {MODEL_FORMAT!r}")
-    encoder = SwinEncoder(EncoderConfig.from_dict(description["encoder"]))
-    model = build_task_model(encoder, description["task"], **description["head"])
+    model = rebuild_task_model(description)
     model.load_state_dict(load_file(str(folder / MODEL_WEIGHTS)), strict=True)
     return model.eval(), description
 
 
 def predict_with_run(run_dir: str | Path, frame: pd.DataFrame, batch_size: int = 16, num_workers: int = 0) -> pd.DataFrame:
     """A finished run's model applied to ``frame`` (cache manifest rows) on one device, at the
-    run's validation-chosen threshold: the predictions table, without metrics."""
+    run's threshold (threshold.json): the predictions table, without metrics."""
     from accelerate import Accelerator
 
     from vismae.data.labelled_dataset import LabelledImages
+    from vismae.models.backbones import image_size_of
 
     model, description = load_model(run_dir)
     threshold = json.loads((Path(run_dir) / THRESHOLD_FILE).read_text())["threshold"] if description["task"] == "classify" else None
-    size = tuple(description["encoder"]["img_size"])
+    size = image_size_of(description)
     dataset = LabelledImages(frame, size, with_masks=description["task"] == "segment")
     # The process's Accelerate state is fixed by the first Accelerator (finetuning may have set
     # bf16 on a GPU); a second one asking for other settings would be refused. Reuse it, so test

@@ -9,6 +9,7 @@ optimizer, resumes the run folder if it holds a checkpoint, trains, and leaves b
       recon/epoch_*.png      reconstruction grids; reconstruction.png is the last one
       encoder.safetensors    the exported encoder, with encoder.json
       metrics.json           summary and loss history
+      .lock                  held while a run lives: a second launch into the folder is refused
 
 The same code runs on the CPU, one GPU, several GPUs and several machines: Accelerate takes
 the process layout from ``accelerate launch``.
@@ -16,7 +17,6 @@ the process layout from ``accelerate launch``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -24,21 +24,24 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-import yaml
-from accelerate import Accelerator, PartialState
-from accelerate.utils import ProjectConfiguration, parse_flag_from_env, set_seed
+from accelerate import Accelerator
+from accelerate.utils import set_seed
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from vismae import __version__
-from vismae.config import ConfigError, PretrainConfig, differing_keys, flatten, read_yaml, to_dict
+from vismae import __version__, run_folder
+from vismae.config import ConfigError, PretrainConfig, flatten, to_dict
 from vismae.data.dataset import Augmentation, EpochShuffle, PretrainImages
 from vismae.engine import checkpoint
+from vismae.engine.accelerator import make_accelerator
 from vismae.engine.optim import build_optimizer, scaled_lr
-from vismae.engine.pretrain_loop import LoopState, NonFiniteLossError, Plan, Session, StepRecord, Throughput, train_one_epoch
+from vismae.engine.pretrain_loop import StepRecord, Throughput, train_one_epoch
+from vismae.engine.train_step import LoopState, NonFiniteLossError, Plan, Session
 from vismae.engine.visualize import save_reconstruction_grid
-from vismae.io import atomic_path, write_json, write_text
+from vismae.io import atomic_path, input_digest, write_json, write_text
+from vismae.models.formats.vismae_export import ENCODER_WEIGHTS, export_encoder
+from vismae.models.formats.vismae_run import write_mae_description
 from vismae.models.mae import MAEConfig, SwinMAE
 from vismae.models.presets import encoder_config
 
@@ -51,38 +54,24 @@ LOCATION_KEYS = ("output_dir",)
 
 
 def run(config: PretrainConfig, *, allow_config_change: bool = False) -> Path:
-    """Pretrain (or resume) into ``config.output_dir``; return the run folder."""
+    """Pretrain (or resume) into ``config.output_dir``; return the run folder. A folder that
+    another live run holds is refused at once (``run_folder.FolderInUseError``)."""
     config = config.with_absolute_paths()
     run_dir = Path(config.output_dir)
-    accelerator = make_accelerator(config, run_dir)
+    accelerator = make_accelerator(
+        config.train.mixed_precision, config.train.grad_accum_steps, run_dir=run_dir, log_with="tensorboard"
+    )
     if accelerator.device.type == "cpu":
         # The shifted-window attention mask leaves softmax weights near exp(-100): denormal
         # floats, which x86 CPUs handle many times slower. Flushing them to zero changes no
         # result that matters and makes a CPU step 5-12 % faster.
         torch.set_flush_denormal(True)
     try:
-        _pretrain(accelerator, config, run_dir, allow_config_change)
+        with run_folder.hold(run_dir, accelerator):
+            _pretrain(accelerator, config, run_dir, allow_config_change)
     finally:
         accelerator.end_training()
     return run_dir
-
-
-def make_accelerator(config: PretrainConfig, run_dir: Path) -> Accelerator:
-    mixed_precision = config.train.mixed_precision
-    # The process state Accelerator would build (it reads the same flag), asked for its device
-    # before choosing the precision.
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
-    if state.device.type == "cpu" and mixed_precision != "no":
-        # Autocast on a CPU without bf16 units is many times slower than fp32, never faster.
-        if state.is_main_process:
-            print(f"note: train.mixed_precision={mixed_precision} is for GPUs; training in fp32 on the CPU")
-        mixed_precision = "no"
-    return Accelerator(
-        mixed_precision=mixed_precision,
-        gradient_accumulation_steps=config.train.grad_accum_steps,
-        log_with="tensorboard",
-        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tensorboard")),
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,28 +80,15 @@ def make_accelerator(config: PretrainConfig, run_dir: Path) -> Accelerator:
 
 def check_saved_config(run_dir: Path, config: PretrainConfig, allow_config_change: bool) -> None:
     """Refuse to continue a run folder under a different config, run length aside."""
-    saved_path = run_dir / "config.yaml"
-    if not saved_path.is_file():
-        return
-    saved = read_yaml(saved_path)
-    changed = [
-        key for key in differing_keys(saved, to_dict(config)) if key not in RUN_LENGTH_KEYS + LOCATION_KEYS
-    ]
-    if not changed:
-        return
-    old, new = flatten(saved), flatten(to_dict(config))
-    lines = "; ".join(f"{key}: {old.get(key, '(absent)')!r} -> {new.get(key, '(absent)')!r}" for key in changed)
-    if allow_config_change:
-        log.warning("resuming %s with a changed config (%s)", run_dir, lines)
-        return
-    raise ConfigError(
-        f"{run_dir} holds a run with another config ({lines}). Only train.epochs and train.max_steps "
-        "may change on resume: choose another output_dir, or pass --allow-config-change to continue anyway."
+    run_folder.check_config(
+        run_dir,
+        to_dict(config),
+        neutral=RUN_LENGTH_KEYS + LOCATION_KEYS,
+        defaults=to_dict(PretrainConfig()),
+        remedy="only train.epochs and train.max_steps may change on resume: choose another output_dir, "
+        "or pass --allow-config-change to continue anyway",
+        allow_change=allow_config_change,
     )
-
-
-def images_digest(paths: list[str]) -> str:
-    return hashlib.sha256("\n".join(paths).encode()).hexdigest()[:16]
 
 
 def trim_log(path: Path, last_step: int) -> None:
@@ -146,6 +122,7 @@ def build_model(config: PretrainConfig) -> SwinMAE:
             mask_unit_px=model_config.mask_unit_px,
             mask_ratio=model_config.mask_ratio,
             norm_pix_loss=model_config.norm_pix_loss,
+            sparse=model_config.sparse,
         )
     )
     if model_config.grad_checkpointing:
@@ -211,9 +188,8 @@ class PretrainRun:
         check_saved_config(self.run_dir, config, self.allow_config_change)
         accelerator.wait_for_everyone()  # every process has read the saved config
         if accelerator.is_main_process:
-            checkpoint.remove_temporaries(self.checkpoints)
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            write_text(self.run_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
+            run_folder.remove_temporaries(self.checkpoints)
+            run_folder.save_config(self.run_dir, to_dict(config))
 
         self.dataset = build_dataset(config)
         processes = accelerator.num_processes
@@ -222,7 +198,7 @@ class PretrainRun:
         # Identical initial weights on every process (DDP also broadcasts rank 0's).
         set_seed(config.train.seed)
         model = build_model(config)
-        self.newest = checkpoint.newest_checkpoint(self.checkpoints)
+        self.newest = run_folder.newest_checkpoint(self.checkpoints)
         if config.init and self.newest is None:  # a resume restores its own weights instead
             load_init_weights(model, config.init, verbose=accelerator.is_main_process)
         optimizer = build_optimizer(model, config.train.weight_decay, config.train.betas)
@@ -262,13 +238,13 @@ class PretrainRun:
             "batch_size": plan.batch_size,
             "grad_accum_steps": plan.grad_accum_steps,
             "num_images": len(self.dataset),
-            "images_digest": images_digest(self.dataset.paths),
+            "images_digest": input_digest(self.dataset.paths),
         }
 
     def resume(self) -> LoopState:
         accelerator, plan = self.accelerator, self.session.plan
         saved = checkpoint.read_trainer_state(self.newest)
-        if saved["images_digest"] != images_digest(self.dataset.paths) and not self.allow_config_change:
+        if saved["images_digest"] != input_digest(self.dataset.paths) and not self.allow_config_change:
             raise ConfigError(
                 f"{self.newest}: the checkpoint was trained on another image list ({saved['num_images']} images, "
                 f"now {len(self.dataset)}); the data order cannot be resumed. Pass --allow-config-change to continue anyway."
@@ -310,7 +286,7 @@ class PretrainRun:
                 if state.epoch > epoch:
                     self.after_epoch(state.epoch)
         except NonFiniteLossError as error:
-            newest = checkpoint.newest_checkpoint(self.checkpoints)
+            newest = run_folder.newest_checkpoint(self.checkpoints)
             kept = f"the newest checkpoint, {newest}, is kept" if newest else "no checkpoint was written yet"
             raise NonFiniteLossError(
                 f"{error}; training stopped and {kept}. Lower train.base_lr, set train.clip_grad, or use bf16 "
@@ -363,8 +339,10 @@ class PretrainRun:
     def save(self) -> None:
         if self.state.step == self.last_saved_step:
             return
+        model = self.accelerator.unwrap_model(self.session.model)
         checkpoint.save_checkpoint(
-            self.accelerator, self.checkpoints, self.state.step, self.trainer_state(), self.config.checkpoint.keep
+            self.accelerator, self.checkpoints, self.state.step, self.trainer_state(), self.config.checkpoint.keep,
+            describe=lambda folder: write_mae_description(model, folder),  # so loading it needs no config.yaml
         )
         self.last_saved_step = self.state.step
 
@@ -399,9 +377,9 @@ class PretrainRun:
         if accelerator.is_main_process:
             self.reconstruct(self.run_dir / "reconstruction.png")
             model = accelerator.unwrap_model(self.session.model)
-            checkpoint.export_encoder(model.encoder, self.run_dir, self.export_source())
+            export_encoder(model.encoder, self.run_dir, self.export_source())
             self.write_metrics(corrupt)
-            accelerator.print(f"done: step {self.state.step}, encoder exported to {self.run_dir / checkpoint.ENCODER_WEIGHTS}")
+            accelerator.print(f"done: step {self.state.step}, encoder exported to {self.run_dir / ENCODER_WEIGHTS}")
         accelerator.wait_for_everyone()  # no process leaves before the outputs are written
 
     def write_metrics(self, corrupt_images: int) -> None:

@@ -74,7 +74,8 @@ class SwinSegmenter(_EncoderWrapper):
         self.decoder = build_segmentation_decoder(decoder, encoder.config, num_classes)
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.decoder(self.encoder.forward_intermediates(images))
+        # timm's contract: one NCHW map per stage, the final norm on the last (as forward_features)
+        return self.decoder(self.encoder.forward_intermediates(images, norm=True, intermediates_only=True))
 
 
 class SkipExpandingStage(ExpandingStage):

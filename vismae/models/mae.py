@@ -11,6 +11,8 @@ from torch import Tensor, nn
 from vismae.models.decoders import DECODERS, build_decoder
 from vismae.models.masking import pixel_mask, window_mask
 from vismae.models.presets import encoder_config
+from vismae.models.sparse_latent import LatentGrid
+from vismae.models.sparse_swin import SparseSwinEncoder, check_sparse_masking
 from vismae.models.swin import EncoderConfig, SwinEncoder
 
 
@@ -21,10 +23,15 @@ class MAEConfig:
     mask_unit_px: int = 16
     mask_ratio: float = 0.75
     norm_pix_loss: bool = False
+    # Encode the visible tokens only (sparse_swin): same weights, far less compute; needs
+    # mask_unit_px a multiple of the last stage's stride (32 px for the presets).
+    sparse: bool = False
 
     def __post_init__(self):
         if self.decoder not in DECODERS:
             raise ValueError(f"unknown decoder {self.decoder!r}; choose one of {sorted(DECODERS)}")
+        if self.sparse:
+            check_sparse_masking(self.encoder, self.mask_unit_px)
         patch = self.encoder.patch_size
         if self.mask_unit_px < patch or self.mask_unit_px % patch:
             raise ValueError(f"mask_unit_px {self.mask_unit_px} must be a multiple of the patch size {patch}")
@@ -67,14 +74,19 @@ class SwinMAE(nn.Module):
     def __init__(self, config: MAEConfig):
         super().__init__()
         self.config = config
-        self.encoder = SwinEncoder(config.encoder)
+        self.encoder = (SparseSwinEncoder if config.sparse else SwinEncoder)(config.encoder)
         self.decoder = build_decoder(config.decoder, config.encoder)
+        # Sparse: the visible features and mask tokens make the decoder's input map (sparse_latent).
+        self.latent_grid = LatentGrid(config.encoder, config.decoder) if config.sparse else None
 
     def forward(self, images: Tensor, token_mask: Tensor | None = None, generator=None) -> MAEOutput:
         """``images``: B x C x H x W in [0, 1]. Without ``token_mask`` one is drawn on the images' device."""
         if token_mask is None:
             token_mask = self.draw_mask(images.shape[0], images.device, generator)
-        latent = self.encoder.forward_features(images, token_mask)
+        if self.config.sparse:
+            latent = self.latent_grid(self.encoder.forward_visible(images, token_mask))
+        else:
+            latent = self.encoder.forward_features_masked(images, token_mask)
         prediction = self.decoder(latent).float()  # the loss is taken in fp32 under autocast
         return self.reconstruction_loss(images, prediction, token_mask)
 

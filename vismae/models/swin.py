@@ -93,9 +93,9 @@ class EncoderConfig:
 class SwinEncoder(SwinTransformer):
     """timm's Swin without a classifier; state_dict keys are timm's plus ``mask_token``.
 
-    Feature maps come back NCHW. ``token_mask`` (B x h x w bool over the patch grid, True = masked)
-    replaces those patch tokens by the mask token right after the patch embedding, so a masked
-    patch's pixels never reach the stages.
+    Feature maps come back NCHW. ``forward_features_masked`` takes a ``token_mask`` (B x h x w bool
+    over the patch grid, True = masked) and replaces those patch tokens by the mask token right
+    after the patch embedding, so a masked patch's pixels never reach the stages.
     """
 
     def __init__(self, config: EncoderConfig):
@@ -131,23 +131,23 @@ class SwinEncoder(SwinTransformer):
             raise ValueError(f"token_mask must be B x h x w = {expected}, got {tuple(token_mask.shape)}")
         return torch.where(token_mask.bool().unsqueeze(-1), self.mask_token.to(tokens.dtype), tokens)
 
-    def forward_features(self, x: Tensor, token_mask: Tensor | None = None) -> Tensor:
-        """B x C_in x H x W -> B x num_features x H/stride x W/stride (after the final norm, if any)."""
+    def forward_features(self, x: Tensor) -> Tensor:
+        """B x C_in x H x W -> B x num_features x H/stride x W/stride (after the final norm, if
+        any). Channels first, unlike timm's NHWC: every head and decoder here reads NCHW maps."""
+        return self.forward_features_masked(x, None)
+
+    def forward_features_masked(self, x: Tensor, token_mask: Tensor | None) -> Tensor:
+        """``forward_features`` with the patch tokens under ``token_mask`` (B x h x w, True =
+        masked) replaced by the mask token; None masks nothing. The MAE's encoder pass."""
         tokens = self.layers(self.embed(x, token_mask))
         return self.norm(tokens).permute(0, 3, 1, 2).contiguous()
 
-    def forward_intermediates(self, x: Tensor, token_mask: Tensor | None = None) -> list[Tensor]:
-        """One NCHW map per stage, for skip connections; the last one equals ``forward_features``."""
-        tokens = self.embed(x, token_mask)
-        maps = []
-        for index, stage in enumerate(self.layers):
-            tokens = stage(tokens)
-            last = index == len(self.layers) - 1
-            maps.append((self.norm(tokens) if last else tokens).permute(0, 3, 1, 2).contiguous())
-        return maps
+    # forward_intermediates and prune_intermediate_layers are timm's, untouched, so that timm's
+    # feature API (features_only wrappers included) works on this encoder: one NCHW map per
+    # stage; with norm=True the last one gets the final norm and equals forward_features.
 
-    def forward(self, x: Tensor, token_mask: Tensor | None = None) -> Tensor:
-        return self.forward_features(x, token_mask)
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_features(x)
 
     def set_input_size(
         self,

@@ -22,11 +22,10 @@ from vismae.models.formats.adapt import Fit, fit_decoder, fit_encoder
 from vismae.models.formats.report import LoadReport, shorten
 from vismae.models.formats.swin_shapes import PATCH_WEIGHT, infer_architecture
 from vismae.models.presets import PRESETS, encoder_config
+from vismae.models.random_init import random_preset
 from vismae.models.swin import EncoderConfig, SwinEncoder
 
 __all__ = ["LoadReport", "load_encoder", "load_encoder_with_report", "load_mae_init"]
-
-RANDOM_PREFIX = "random:"
 
 # Fixed by the tensors' shapes: an override could only make them fail to load.
 ARCHITECTURE_FIELDS = frozenset({"embed_dim", "depths", "num_heads", "mlp_ratio"})
@@ -67,8 +66,9 @@ def load_encoder_with_report(
     **overrides,
 ) -> tuple[SwinEncoder, LoadReport]:
     """``load_encoder`` that also returns what it did."""
-    if str(source).startswith(RANDOM_PREFIX):
-        encoder, report = _random_encoder(str(source), img_size, overrides)
+    preset = random_preset(source)
+    if preset is not None:
+        encoder, report = _random_encoder(str(source), preset, img_size, overrides)
     else:
         checkpoint = read_checkpoint(source)
         encoder = SwinEncoder(_encoder_config(checkpoint, img_size, overrides))
@@ -89,7 +89,7 @@ def load_mae_init(
     has one whose structure matches this model's decoder (our pretraining checkpoints, the
     VIS-MAE reference's mirror decoder); otherwise the decoder keeps its random init and the
     report says why."""
-    if str(source).startswith(RANDOM_PREFIX):
+    if random_preset(source) is not None:
         raise ValueError(f"{source}: a random init needs no init weights; leave init empty")
     checkpoint = read_checkpoint(source)
     _check_same_architecture(checkpoint, mae.config.encoder)
@@ -104,8 +104,7 @@ def load_mae_init(
 # ---------------------------------------------------------------------------------------------
 
 
-def _random_encoder(source: str, img_size, overrides: dict) -> tuple[SwinEncoder, LoadReport]:
-    preset = source.removeprefix(RANDOM_PREFIX)
+def _random_encoder(source: str, preset: str, img_size, overrides: dict) -> tuple[SwinEncoder, LoadReport]:
     if preset not in PRESETS:
         raise ValueError(f"{source}: unknown preset {preset!r}; use random:<preset> with one of {sorted(PRESETS)}")
     config = encoder_config(preset, img_size or 224, **overrides)

@@ -9,7 +9,9 @@ drawn pixels. The same seed gives the same files.
 
 Modules: `cohort` (who has what), `anatomy` and `lesions` (drawing), `render` (one view),
 `vindr`, `cdd_cesm`, `cbis_ddsm` (the formats) with `vindr_profiles`, `via`, `film` and
-`dicom_writer` as their helpers.
+`dicom_writer` (also the tests' and benchmarks' DICOM writer) as their helpers. Apart from
+these, `cache` writes a small prepared cache of simple synthetic breasts directly, with no raw
+dataset or `prepare` step, for tests and benchmarks.
 """
 
 from __future__ import annotations

@@ -1,12 +1,17 @@
-"""Valid DICOM files from a pixel array: file meta, UIDs, pixel module, optional compression."""
+"""Valid DICOM files from a pixel array: file meta, UIDs, pixel module, optional compression.
+
+`write_dicom` writes one file in a call, with any further attributes by keyword (tests and
+benchmarks use it); the phantom formats build theirs from `new_dataset`, `set_pixels` and
+`save`, the same steps it takes."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, UID
+from pydicom.uid import DigitalMammographyXRayImageStorageForPresentation, ExplicitVRLittleEndian, UID, generate_uid
 
 IMPLEMENTATION_CLASS_UID = "2.25.150773591860592135151311961227338296321"  # made-up, fixed
 
@@ -58,3 +63,30 @@ def save(ds: Dataset, path: Path, transfer_syntax: str = ExplicitVRLittleEndian)
         ds.compress(transfer_syntax, generate_instance_uid=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
+
+
+def write_dicom(
+    path: str | Path,
+    pixels: np.ndarray,
+    *,
+    bits_stored: int | None = None,
+    photometric: str = "MONOCHROME2",
+    transfer_syntax: str = ExplicitVRLittleEndian,
+    sop_class: str = DigitalMammographyXRayImageStorageForPresentation,
+    **attributes,
+) -> Path:
+    """Write ``pixels`` (stored values, uint8 or uint16; MONOCHROME1 ones already inverted) as
+    one DICOM file with new UIDs; ``attributes`` are DICOM keywords set last, so they may
+    override anything (``WindowCenter=2000``, ``PatientName="Doe^Jane"``, ``VOILUTSequence=[...]``).
+    ``bits_stored`` defaults to the whole pixel type; ``transfer_syntax`` may be a lossless
+    compressed one (RLE, JPEG 2000 lossless)."""
+    unknown = [keyword for keyword in attributes if tag_for_keyword(keyword) is None]
+    if unknown:
+        raise ValueError(f"not DICOM keywords: {', '.join(unknown)}")
+    path = Path(path)
+    ds = new_dataset(sop_class, generate_uid(), generate_uid(), generate_uid())
+    set_pixels(ds, pixels, bits_stored or pixels.dtype.itemsize * 8, photometric)
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    save(ds, path, transfer_syntax)
+    return path

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from pydicom.uid import SecondaryCaptureImageStorage
 
 from vismae.commands import manifest as manifest_command
 from vismae.data.manifest import read_manifest
@@ -26,21 +25,9 @@ CALC_HEADER = [name if name != "breast_density" else "breast density" for name i
 CALC_HEADER[6:8] = ["calc type", "calc distribution"]
 
 
-def write_dicom(path: Path, size: tuple[int, int], series: str) -> None:
-    meta = FileMetaDataset()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.PatientID, ds.PatientName = series, "Doe^Jane"
-    ds.Rows, ds.Columns = size
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.PixelData = np.zeros(size, dtype=np.uint16).tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
+def write_dicom(dicom_file, path: Path, size: tuple[int, int], series: str) -> None:
+    """A blank 16-bit secondary capture, as CBIS-DDSM's scanned films are stored."""
+    dicom_file(path, np.zeros(size, np.uint16), sop_class=SecondaryCaptureImageStorage, PatientID=series)
 
 
 def csv_path(folder: str, name: str) -> str:
@@ -61,22 +48,22 @@ def abnormality(patient, side, view, number, pathology, assessment, kind="Mass",
     }
 
 
-def write_download(root: Path, rows: list[dict], mask_first: bool = True) -> None:
+def write_download(root: Path, rows: list[dict], dicom_file, mask_first: bool = True) -> None:
     """Files as the TCIA downloader lays them out: 1-1.dcm, 1-2.dcm under other folders."""
     for number, row in enumerate(rows):
         image = row["image file path"].split("/")[0]
         full = root / "CBIS-DDSM" / image / "07-20-2016-DDSM-74994" / "1.000000-full mammogram images-24515" / "1-1.dcm"
         if not full.exists():
-            write_dicom(full, FULL, image)
+            write_dicom(dicom_file, full, FULL, image)
         roi = root / "CBIS-DDSM" / f"{image}_{row['abnormality id']}" / "08-07-2016-DDSM-80834"
         # Mask and crop numbered either way, sometimes in separate series folders.
         mask_first = not mask_first
         if number % 3 == 2:
-            write_dicom(roi / "1.000000-ROI mask images-1" / "1-1.dcm", FULL, image)
-            write_dicom(roi / "1.000001-cropped images-2" / "1-1.dcm", CROP, image)
+            write_dicom(dicom_file, roi / "1.000000-ROI mask images-1" / "1-1.dcm", FULL, image)
+            write_dicom(dicom_file, roi / "1.000001-cropped images-2" / "1-1.dcm", CROP, image)
         else:
-            write_dicom(roi / "1.000000-ROI mask images-1" / ("1-1.dcm" if mask_first else "1-2.dcm"), FULL, image)
-            write_dicom(roi / "1.000000-ROI mask images-1" / ("1-2.dcm" if mask_first else "1-1.dcm"), CROP, image)
+            write_dicom(dicom_file, roi / "1.000000-ROI mask images-1" / ("1-1.dcm" if mask_first else "1-2.dcm"), FULL, image)
+            write_dicom(dicom_file, roi / "1.000000-ROI mask images-1" / ("1-2.dcm" if mask_first else "1-1.dcm"), CROP, image)
 
 
 def write_csv(path: Path, header: list[str], rows: list[dict]) -> None:
@@ -87,7 +74,7 @@ def write_csv(path: Path, header: list[str], rows: list[dict]) -> None:
             writer.writerow([row.get(name, row.get(name.replace(" ", "_"), "")) for name in header])
 
 
-def make_dataset(root: Path) -> dict[str, list[dict]]:
+def make_dataset(root: Path, dicom_file) -> dict[str, list[dict]]:
     tables = {
         "mass_case_description_train_set.csv": [
             abnormality("P_00001", "LEFT", "CC", 1, "BENIGN", 3),
@@ -109,12 +96,12 @@ def make_dataset(root: Path) -> dict[str, list[dict]]:
     root.mkdir(parents=True, exist_ok=True)
     for name, rows in tables.items():
         write_csv(root / name, CALC_HEADER if name.startswith("calc") else MASS_HEADER, rows)
-        write_download(root, rows)
+        write_download(root, rows, dicom_file)
     return tables
 
 
-def test_one_row_per_mammogram_with_labels_masks_and_split(tmp_path, caplog):
-    make_dataset(tmp_path)
+def test_one_row_per_mammogram_with_labels_masks_and_split(tmp_path, caplog, dicom_file):
+    make_dataset(tmp_path, dicom_file)
     with caplog.at_level(logging.WARNING):
         frame = cbis_ddsm.read(tmp_path).set_index("image_id")
 
@@ -144,8 +131,8 @@ def test_one_row_per_mammogram_with_labels_masks_and_split(tmp_path, caplog):
     assert (frame.groupby("patient_id")["split"].nunique() == 1).all()
 
 
-def test_manifest_holds_no_names(tmp_path):
-    make_dataset(tmp_path / "cbis")
+def test_manifest_holds_no_names(tmp_path, dicom_file):
+    make_dataset(tmp_path / "cbis", dicom_file)
     parser = argparse.ArgumentParser()
     manifest_command.register(parser.add_subparsers(dest="command", required=True))
     out = tmp_path / "manifest.csv"
@@ -159,16 +146,16 @@ def test_manifest_holds_no_names(tmp_path):
     assert all(Path(shape["path"]).is_file() for shapes in frame["roi"] for shape in shapes)
 
 
-def test_reads_whichever_csvs_exist(tmp_path):
-    make_dataset(tmp_path)
+def test_reads_whichever_csvs_exist(tmp_path, dicom_file):
+    make_dataset(tmp_path, dicom_file)
     for name in ("calc_case_description_train_set", "calc_case_description_test_set", "mass_case_description_test_set"):
         (tmp_path / f"{name}.csv").unlink()
     frame = cbis_ddsm.read(tmp_path)
     assert set(frame["image_id"]) == {"Mass-Training_P_00001_LEFT_CC", "Mass-Training_P_00001_LEFT_MLO"}
 
 
-def test_missing_image_stops_unless_allowed(tmp_path, caplog):
-    make_dataset(tmp_path)
+def test_missing_image_stops_unless_allowed(tmp_path, caplog, dicom_file):
+    make_dataset(tmp_path, dicom_file)
     for path in (tmp_path / "CBIS-DDSM" / "Calc-Training_P_00003_LEFT_CC").rglob("*.dcm"):
         path.unlink()
     # Reported by its CSV path, the one the user can look up.
@@ -180,8 +167,8 @@ def test_missing_image_stops_unless_allowed(tmp_path, caplog):
     assert len(frame) == 5 and "dropped 1 of 6" in caplog.text
 
 
-def test_missing_mask_stops_unless_allowed(tmp_path, caplog):
-    make_dataset(tmp_path)
+def test_missing_mask_stops_unless_allowed(tmp_path, caplog, dicom_file):
+    make_dataset(tmp_path, dicom_file)
     roi = tmp_path / "CBIS-DDSM" / "Mass-Training_P_00001_LEFT_CC_2"
     for path in roi.rglob("*.dcm"):
         if cbis_ddsm._size(path) == FULL:
@@ -194,17 +181,17 @@ def test_missing_mask_stops_unless_allowed(tmp_path, caplog):
     assert "kept images without their mask" in caplog.text
 
 
-def test_mask_a_few_pixels_off_the_image_size_is_still_the_mask(tmp_path):
-    make_dataset(tmp_path)
+def test_mask_a_few_pixels_off_the_image_size_is_still_the_mask(tmp_path, dicom_file):
+    make_dataset(tmp_path, dicom_file)
     roi = tmp_path / "CBIS-DDSM" / "Calc-Training_P_00003_LEFT_CC_1"
     mask = next(path for path in roi.rglob("*.dcm") if cbis_ddsm._size(path) == FULL)
-    write_dicom(mask, (FULL[0] - 2, FULL[1]), "x")
+    write_dicom(dicom_file, mask, (FULL[0] - 2, FULL[1]), "x")
     frame = cbis_ddsm.read(tmp_path).set_index("image_id")
     assert frame.loc["Calc-Training_P_00003_LEFT_CC", "roi"] == [{"type": "mask", "path": str(mask)}]
 
 
-def test_bad_pathology_names_file_line_and_column(tmp_path):
-    tables = make_dataset(tmp_path)
+def test_bad_pathology_names_file_line_and_column(tmp_path, dicom_file):
+    tables = make_dataset(tmp_path, dicom_file)
     rows = tables["mass_case_description_test_set.csv"]
     rows.append({**rows[0], "pathology": "UNSURE"})
     write_csv(tmp_path / "mass_case_description_test_set.csv", MASS_HEADER, rows)

@@ -5,14 +5,17 @@ import csv
 import json
 import logging
 import math
+import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from vismae.commands import manifest as manifest_command
-from vismae.data.manifest import read_manifest
-from vismae.data.sources import cdd_cesm
+from vismae.commands import summarize as summarize_command
+from vismae.data.manifest import mixed_image_kinds, read_manifest
+from vismae.data.sources import cdd_cesm, paper_split
 from vismae.data.sources.tables import SourceError
 
 LABEL = "Pathology Classification/ Follow up"
@@ -217,3 +220,89 @@ def test_ellipse_theta_is_radians_as_via_writes_it(tmp_path):
     root = write_cdd(tmp_path, rows, {"P1_L_DM_CC.jpg": [{**ELLIPSE, "theta": math.pi / 2}]})
     shape = cdd_cesm.read(root).set_index("image_id").loc["P1_L_DM_CC", "roi"][0]
     assert shape["theta"] == pytest.approx(math.pi / 2)
+
+
+def test_each_row_says_whether_it_is_a_low_energy_or_a_subtracted_image(tmp_path):
+    root = small_dataset(tmp_path)
+    assert set(cdd_cesm.read(root)["image_kind"]) == {"DM"}
+    both = cdd_cesm.read(root, include_cesm=True).set_index("image_id")["image_kind"]
+    assert both["P1_L_CM_CC"] == "CESM" and (both.drop("P1_L_CM_CC") == "DM").all()
+    assert "1 CESM and 6 DM images" in mixed_image_kinds(both.reset_index())
+
+
+def paper_like(root: Path, per_class: int = 331, seed: int = 0) -> Path:
+    """Patients whose breasts are malignant, benign or normal, two views each, a few breasts
+    with one view only, so that ``per_class`` malignant and ``per_class`` benign images exist
+    (CDD-CESM's 331 + 331 low-energy ones), and some normal ones the paper leaves out."""
+    rng = np.random.default_rng(seed)
+    breasts = []
+    for label in ("Malignant", "Benign"):
+        breasts += [(label, ("CC", "MLO"))] * (per_class // 2) + [(label, ("CC",))] * (per_class % 2)
+    breasts += [("Normal", ("CC", "MLO"))] * 60
+    rows = []
+    for patient, pair in enumerate(np.array_split(rng.permutation(len(breasts)), len(breasts) // 2), start=1):
+        for side, index in zip("LR", pair):
+            label, views = breasts[index]
+            rows += [sheet_row(f"P{patient}_{side}_DM_{view}", patient, side, "DM", view, label) for view in views]
+    return write_cdd(root, rows, {})
+
+
+def test_paper_split_reproduces_table_3_and_summarize_prints_it(tmp_path, capsys):
+    root = paper_like(tmp_path / "cdd")
+    out = tmp_path / "manifest.csv"
+    assert cli("manifest", "--dataset", "cdd-cesm", "--root", str(root), "--out", str(out), "--paper-split") == 0
+    frame = read_manifest(out)
+    counts = frame.groupby(["label", "split"]).size().to_dict()
+    assert counts == {("malignant", "train"): 300, ("malignant", "test"): 31, ("benign", "train"): 300, ("benign", "test"): 31}
+    assert (frame.groupby("patient_id")["split"].nunique() == 1).all()  # by patient
+    assert set(frame["image_kind"]) == {"DM"}
+    capsys.readouterr()
+    parser = argparse.ArgumentParser()
+    summarize_command.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["summarize", str(out)])
+    assert args.func(args) == 0
+    text = capsys.readouterr().out
+    assert re.search(r"train +test +total\nmalignant +300 +31 +331\nbenign +300 +31 +331\ntotal +600 +62 +662\n", text)
+    assert "normal" not in text and "image kinds: DM 662" in text
+
+
+def test_paper_split_balances_the_classes_and_is_seeded(tmp_path):
+    root = paper_like(tmp_path, per_class=33)
+    # One more benign breast: 35 benign images against 33 malignant; 3 of each go to test.
+    sheet = pd.read_excel(root / "Radiology manual annotations.xlsx", sheet_name="all")
+    extra = [sheet_row(f"P999_L_DM_{view}", 999, "L", "DM", view, "Benign") for view in ("CC", "MLO")]
+    rows = sheet.to_dict("records") + extra
+    write_cdd(root, rows, {})
+    frame = cdd_cesm.read(root, paper_split=True, seed=4)
+    assert frame["label"].value_counts().to_dict() == {"malignant": 33, "benign": 33}
+    test = frame[frame["split"] == "test"]
+    assert test["label"].value_counts().to_dict() == {"malignant": 3, "benign": 3}
+    assert (frame.groupby("patient_id")["split"].nunique() == 1).all()
+    again = cdd_cesm.read(root, paper_split=True, seed=4)
+    assert again.equals(frame)
+    others = [set(cdd_cesm.read(root, paper_split=True, seed=seed).query("split == 'test'")["image_id"]) for seed in (5, 6, 7)]
+    assert any(other != set(test["image_id"]) for other in others)
+    with pytest.raises(ValueError, match="low-energy .DM. images only"):
+        cdd_cesm.read(root, paper_split=True, include_cesm=True)
+
+
+def test_paper_split_keeps_patients_whole_when_the_counts_cannot_be_exact(caplog):
+    # Every patient holds two malignant or two benign images: 3 of each in test is out of reach
+    # with whole patients; the split takes 2 + 2 (nearest, fewer images) and says so.
+    rows = pd.DataFrame(
+        {"patient_id": np.repeat([f"p{n}" for n in range(16)], 2), "label": np.repeat(["malignant", "benign"] * 8, 2)}
+    )
+    with caplog.at_level(logging.WARNING):
+        split = paper_split.balanced_patient_split(rows, test_per_class=3, seed=0)
+    test = rows[split == "test"]
+    assert test["label"].value_counts().to_dict() == {"malignant": 2, "benign": 2}
+    assert pd.Series(split).groupby(rows["patient_id"]).nunique().eq(1).all()
+    assert "no set of whole patients holds exactly 3 malignant and 3 benign" in caplog.text
+    assert "2 malignant and 2 benign" in caplog.text
+    assert paper_split.held_out_per_class(331) == 31 and paper_split.held_out_per_class(33) == 3
+
+
+def test_paper_split_needs_both_classes(tmp_path):
+    rows = [sheet_row(f"P{n}_L_DM_CC", n, "L", "DM", "CC", "Benign") for n in (1, 2)]
+    with pytest.raises(ValueError, match="needs malignant and benign images"):
+        cdd_cesm.read(write_cdd(tmp_path, rows, {}), paper_split=True)

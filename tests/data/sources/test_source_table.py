@@ -6,36 +6,12 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from vismae.commands import manifest as manifest_command
 from vismae.data.manifest import read_manifest
 from vismae.data.sources import table
 from vismae.data.sources.tables import SourceError
-
-MAMMOGRAPHY = "1.2.840.10008.5.1.4.1.1.1.2"  # Digital Mammography X-Ray Image Storage - For Presentation
-
-
-def write_dicom(path: Path, **attributes) -> Path:
-    meta = FileMetaDataset()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.MediaStorageSOPClassUID = MAMMOGRAPHY
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = MAMMOGRAPHY, meta.MediaStorageSOPInstanceUID
-    ds.PatientName = "Doe^Jane"
-    for keyword, value in attributes.items():
-        setattr(ds, keyword, value)
-    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 4, 4, 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = np.zeros((4, 4), dtype=np.uint16).tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 def write_table(path: Path, header: list[str], rows: list[list]) -> Path:
@@ -85,9 +61,9 @@ def test_paths_start_from_root_when_given(tmp_path):
         table.read(csv_path)  # relative to the CSV's folder, where there is no x.png
 
 
-def test_view_and_laterality_from_dicom_headers(tmp_path):
-    write_dicom(tmp_path / "one.dcm", ViewPosition="MLO", ImageLaterality="R")
-    write_dicom(tmp_path / "two", ViewPosition="CC", Laterality="L")  # no extension, series laterality only
+def test_view_and_laterality_from_dicom_headers(tmp_path, dicom_file):
+    dicom_file(tmp_path / "one.dcm", ViewPosition="MLO", ImageLaterality="R")
+    dicom_file(tmp_path / "two", ViewPosition="CC", Laterality="L")  # no extension, series laterality only
     csv_path = write_table(tmp_path / "t.csv", ["path", "patient_id", "view"], [["one.dcm", "p1", ""], ["two", "p2", "MLO"]])
     frame = table.read(csv_path).set_index("image_id")
     assert (frame.loc["one", "view"], frame.loc["one", "laterality"]) == ("MLO", "R")
@@ -95,17 +71,17 @@ def test_view_and_laterality_from_dicom_headers(tmp_path):
     assert (frame.loc["two", "view"], frame.loc["two", "laterality"]) == ("MLO", "L")
 
 
-def test_missing_view_of_a_non_dicom_names_the_rows(tmp_path):
+def test_missing_view_of_a_non_dicom_names_the_rows(tmp_path, dicom_file):
     touch(tmp_path / "a.png")
     touch(tmp_path / "b.png")
-    write_dicom(tmp_path / "c.dcm", ViewPosition="CC", ImageLaterality="L")
+    dicom_file(tmp_path / "c.dcm", ViewPosition="CC", ImageLaterality="L")
     csv_path = write_table(tmp_path / "t.csv", ["path", "laterality"], [["a.png", "L"], ["c.dcm", ""], ["b.png", "R"]])
     with pytest.raises(SourceError, match=r"t.csv, lines 2, 4: view or laterality is empty and the file is not a DICOM"):
         table.read(csv_path)
 
 
-def test_unusable_header_view_names_row_and_file(tmp_path):
-    write_dicom(tmp_path / "a.dcm", ViewPosition="ML", ImageLaterality="L")
+def test_unusable_header_view_names_row_and_file(tmp_path, dicom_file):
+    dicom_file(tmp_path / "a.dcm", ViewPosition="ML", ImageLaterality="L")
     csv_path = write_table(tmp_path / "t.csv", ["path"], [["a.dcm"]])
     expected = r"t.csv, line 2: DICOM header of .*a.dcm: ViewPosition 'ML', expected one of CC, MLO"
     with pytest.raises(SourceError, match=expected):
@@ -203,9 +179,9 @@ def cli(*argv: str) -> int:
     return args.func(args)
 
 
-def test_manifest_command_with_a_csv_as_root_or_named_apart(tmp_path, capsys):
-    write_dicom(tmp_path / "data" / "a.dcm", ViewPosition="CC", ImageLaterality="L", PatientID="SECRET-ID")
-    write_dicom(tmp_path / "data" / "b.dcm", ViewPosition="MLO", ImageLaterality="L")
+def test_manifest_command_with_a_csv_as_root_or_named_apart(tmp_path, capsys, dicom_file):
+    dicom_file(tmp_path / "data" / "a.dcm", ViewPosition="CC", ImageLaterality="L", PatientID="SECRET-ID")
+    dicom_file(tmp_path / "data" / "b.dcm", ViewPosition="MLO", ImageLaterality="L")
     header = ["path", "patient", "split"]
     csv_path = write_table(tmp_path / "data" / "t.csv", header, [["a.dcm", "p1", "train"], ["b.dcm", "p2", "val"]])
     out = tmp_path / "manifest.csv"

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
 from vismae.config import ConfigError
-from vismae.data.manifest import new_frame, write_manifest
 from vismae.data.splits import load_split
 from vismae.experiments.label_efficiency.sweep import (
     RunSpec,
@@ -29,36 +30,27 @@ from vismae.experiments.label_efficiency.sweep import (
 )
 from vismae.experiments.label_efficiency.config import load_sweep_config
 from vismae.metrics import metrics_with_ci
+from vismae.run_folder import FolderInUseError
+from vismae.synthetic.cache import CacheImage
 
 SIZE = 64
 
 
-def write_cache(folder: Path, patients: int = 40, with_val: bool = False) -> Path:
-    """A prepared cache: two views of one breast per patient; every third patient malignant,
-    every seventh normal (left out of benign/malignant classification); every fifth a test
-    patient (and, ``with_val``, every fifth after it a val patient). Malignant breasts are brighter."""
-    (folder / "images").mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    rows = []
+def sweep_images(patients: int = 40, with_val: bool = False) -> list[CacheImage]:
+    """A prepared cache's images: two views of one breast per patient; every third patient
+    malignant, every seventh normal (left out of benign/malignant classification); every fifth a
+    test patient (and, ``with_val``, every fifth after it a val patient)."""
+    images = []
     for patient in range(patients):
         label = "normal" if patient % 7 == 6 else "malignant" if patient % 3 == 0 else "benign"
         split = "test" if patient % 5 == 4 else "val" if with_val and patient % 5 == 3 else "train"
-        for view in ("CC", "MLO"):
-            image_id = f"p{patient:02d}{view}"
-            yy, xx = np.mgrid[0:SIZE, 0:SIZE]
-            breast = (xx / (0.8 * SIZE)) ** 2 + ((yy - SIZE / 2) / (0.45 * SIZE)) ** 2 < 1
-            image = breast * (0.35 + 0.25 * (label == "malignant")) + rng.normal(0, 0.03, breast.shape)
-            path = folder / "images" / f"{image_id}.png"
-            cv2.imwrite(str(path), (np.clip(image, 0, 1) * 255).astype(np.uint8))
-            rows.append({"image_id": image_id, "patient_id": f"p{patient:02d}", "study_id": f"s{patient:02d}",
-                         "dataset": "synthetic", "path": str(path), "view": view, "laterality": "L", "label": label,
-                         "birads": None, "has_roi": False, "roi": [], "split": split, "mask_path": ""})  # fmt: skip
-    return write_manifest(new_frame(rows), folder / "manifest.csv")
+        images += [CacheImage(f"p{patient:02d}", view=view, label=label, split=split) for view in ("CC", "MLO")]
+    return images
 
 
 @pytest.fixture(scope="module")
-def manifest(tmp_path_factory) -> Path:
-    return write_cache(tmp_path_factory.mktemp("cache"))
+def manifest(synthetic_cache) -> Path:
+    return synthetic_cache(sweep_images())
 
 
 def sweep_config(manifest: Path, out: Path, **overrides):
@@ -208,6 +200,39 @@ def test_a_changed_recipe_is_refused_but_a_sweep_can_grow(manifest, tmp_path):
     assert sorted(grown.calls) == sorted(RunSpec(*run).name for run in added)  # only the new runs
 
 
+
+def hold_in_another_process(folder: Path, name: str = ".lock") -> subprocess.Popen:
+    """A live process holding ``folder`` (through its lock file ``name``) until killed."""
+    code = "import sys, time; from vismae import run_folder; run_folder.FolderLock(sys.argv[1], sys.argv[2]).acquire(); print('holding', flush=True); time.sleep(600)"
+    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
+    holder = subprocess.Popen([sys.executable, "-c", code, str(folder), name], stdout=subprocess.PIPE, text=True, env=environment)
+    assert holder.stdout.readline().strip() == "holding"
+    return holder
+
+
+def test_a_shard_running_elsewhere_is_refused_and_a_run_trained_elsewhere_is_left_to_it(manifest, tmp_path):
+    config = sweep_config(manifest, tmp_path, seeds="[0]")
+    busy = plan_sweep(config).runs[0].name
+    holder = hold_in_another_process(tmp_path / "runs" / busy)
+    try:
+        recorder = Recorder()
+        outcome = run_sweep(config, run_fn=recorder, report=False)
+        assert outcome.in_use == [busy] and busy not in recorder.calls and not outcome.failed
+        assert not (tmp_path / "runs" / busy / "error.txt").exists()  # not a failure: another process has it
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run_sweep(config, run_fn=Recorder(), report=False).ran == [busy]  # its holder is gone
+
+    holder = hold_in_another_process(tmp_path, ".lock-shard-1-of-2")
+    try:
+        with pytest.raises(FolderInUseError, match=f"process {holder.pid} on "):
+            run_sweep(config, shard=(1, 2), run_fn=Recorder(), report=False)
+        run_sweep(config, shard=(0, 2), run_fn=Recorder(), report=False)  # another shard goes on
+    finally:
+        holder.kill()
+        holder.wait()
+
 def test_config_errors_name_the_key(manifest, tmp_path):
     with pytest.raises(ConfigError, match="baseline"):
         sweep_config(manifest, tmp_path, baseline="imagenet")
@@ -223,8 +248,9 @@ def test_config_errors_name_the_key(manifest, tmp_path):
         sweep_config(manifest, tmp_path, metrics="[dice]")
 
 
-def test_a_sweep_through_the_real_finetuning_engine(tmp_path):
-    manifest = write_cache(tmp_path / "cache", patients=24, with_val=True)
+@pytest.mark.slow
+def test_a_sweep_through_the_real_finetuning_engine(tmp_path, synthetic_cache):
+    manifest = synthetic_cache(sweep_images(patients=24, with_val=True))
     recipe = {"finetune.data.size": SIZE, "finetune.data.num_workers": 0, "finetune.model.drop_path": 0.0, "finetune.train.epochs": 1,
               "finetune.train.warmup_epochs": 0, "finetune.train.batch_size": 8, "finetune.train.mixed_precision": "no",
               "finetune.augment.enabled": "false", "finetune.eval.n_boot": 20, "finetune.checkpoint.every_epochs": 0}  # fmt: skip

@@ -147,3 +147,35 @@ def test_aggregate_leaves_undefined_scores_out():
                             "test_roc_auc": [0.6, float("nan"), 0.8]})  # fmt: skip
     row = aggregate(results, "test_roc_auc").iloc[0]
     assert (row["runs"], row["mean"], row["min"], row["max"]) == (2, pytest.approx(0.7), 0.6, 0.8)
+
+
+def test_runs_whose_interval_rests_on_too_few_patients_are_marked(tmp_path):
+    write_sweep(tmp_path, seeds=(0, 1))
+    # Seed 1's 10 % ours run scored a test split with one malignant patient: its ROC AUC was
+    # undefined in 370 of 1000 resamples. 50 of 1000 (5 %) is still a measurement.
+    for name, undefined in ((run_name(0.1, "ours", 1), 370), (run_name(0.5, "ours", 1), 50)):
+        path = tmp_path / "runs" / name / "result.json"
+        row = json.loads(path.read_text())
+        path.write_text(json.dumps({**row, "test_roc_auc_undefined": undefined, "test_pr_auc_undefined": 0, "test_n_boot": 1000}))
+    out = build_report(tmp_path)
+    results = pd.read_csv(tmp_path / "results.csv")
+    assert results["test_roc_auc_undefined"].notna().sum() == 2  # the column beside _low/_high
+    curves = pd.read_csv(out / "curves.csv").set_index(["metric", "init", "fraction"])
+    assert curves.loc[("roc_auc", "ours", 0.1), "unreliable_runs"] == 1
+    assert curves.loc[("roc_auc", "ours", 0.5), "unreliable_runs"] == 0
+    assert curves["unreliable_runs"].sum() == 1  # runs without the count (older ones) pass
+    summary = (out / "summary.md").read_text()
+    roc_auc = summary.split("## roc_auc")[1].split("## pr_auc")[0]
+    assert "(2; UNRELIABLE interval in 1)" in roc_auc and "UNRELIABLE: in 1 of 12 runs" in roc_auc
+    assert "UNRELIABLE" not in summary.split("## pr_auc")[1]
+
+
+def test_a_sweep_can_score_the_papers_f_score(tmp_path):
+    from vismae.config import ConfigError
+    from vismae.experiments.label_efficiency.config import load_sweep_config
+
+    given = ["manifest=cache/manifest.csv", "inits={random: random:tiny}"]
+    config = load_sweep_config(None, [*given, "metrics=[f_sens_spec, f1]"])
+    assert config.metric_names[:2] == ["f_sens_spec", "f1"]
+    with pytest.raises(ConfigError, match="f_score"):
+        load_sweep_config(None, [*given, "metrics=[f_score]"])

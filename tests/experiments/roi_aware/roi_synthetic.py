@@ -1,9 +1,11 @@
-"""Shared by the ROI-aware tests: a small prepared cache whose ROI presence tells much about
-the label (as in VinDr), and a stand-in engine that trains a real but trivial model.
+"""Shared by the ROI-aware tests: the images of a small prepared cache whose ROI presence tells
+much about the label (as in VinDr), and a stand-in engine that trains a real but trivial model.
 
 Every patient has four images (RCC, LCC, RMLO, LMLO); both views of a breast share its label
 and ROI presence. The pattern is fixed by the patient's number, so the groups' sizes are
-known: malignant breasts mostly have an ROI, benign ones seldom.
+known: malignant breasts mostly have an ROI, benign ones seldom. `blob_breast` draws them so
+that pixel statistics tell much about the label, but not all: malignant tissue brighter, a faint
+blob where an ROI is annotated.
 """
 
 from __future__ import annotations
@@ -12,31 +14,34 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
-import cv2
 import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
 
 from vismae.data.dataset import read_cached_image
-from vismae.data.manifest import new_frame, write_manifest
 from vismae.metrics import choose_threshold
+from vismae.synthetic.cache import CacheImage
 
-SIZE = 64
 
 
-def breast_image(rng: np.random.Generator, malignant: bool, has_roi: bool, size: int = SIZE):
-    """(image uint8, mask uint8 0/255 or None): a breast touching the left edge, a bright blob
-    where an ROI is annotated, brighter tissue when malignant."""
+def blob_breast(rng: np.random.Generator, shape: tuple[int, int], image: CacheImage) -> tuple[np.ndarray, np.ndarray]:
+    """(pixels in [0, 1], mask) of a square ``shape``: a breast touching the left edge, a bright
+    blob where an ROI is annotated, brighter tissue when malignant."""
+    malignant, size = image.label == "malignant", shape[0]
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     breast = ((xx / (0.8 * size)) ** 2 + ((yy - size / 2) / (0.45 * size)) ** 2) < 1.0
-    image = breast * (0.30 + 0.15 * malignant + 0.05 * rng.random())
-    mask = None
-    if has_roi:
+    pixels = breast * (0.30 + 0.15 * malignant + 0.05 * rng.random())
+    mask = np.zeros((size, size), bool)
+    if image.has_roi:
         cy, cx, radius = rng.uniform(0.35, 0.65) * size, rng.uniform(0.15, 0.45) * size, rng.uniform(3.0, 6.0)
-        image = image + (0.5 if malignant else 0.3) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * radius**2))
-        mask = ((((yy - cy) ** 2 + (xx - cx) ** 2) < radius**2) * 255).astype(np.uint8)
-    image = image + rng.normal(0, 0.02, image.shape)
-    return (np.clip(image, 0, 1) * 255).astype(np.uint8), mask
+        pixels = pixels + (0.5 if malignant else 0.3) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * radius**2))
+        mask = ((yy - cy) ** 2 + (xx - cx) ** 2) < radius**2
+    pixels = pixels + rng.normal(0, 0.02, pixels.shape)
+    return np.clip(pixels, 0, 1), mask
+
+
+# What the tests pass to the `synthetic_cache` fixture with `roi_images(...)`.
+ROI_CACHE = {"draw": blob_breast}
 
 
 def breast_pattern(patient: int, side: str) -> tuple[str, bool]:
@@ -49,43 +54,21 @@ def breast_pattern(patient: int, side: str) -> tuple[str, bool]:
     return ("malignant" if malignant else "benign"), has_roi
 
 
-def write_roi_cache(folder: Path, patients: int = 40, size: int = SIZE, seed: int = 0) -> Path:
-    """Images, masks and a cache manifest; every fifth patient is a test patient."""
-    rng = np.random.default_rng(seed)
-    (folder / "images").mkdir(parents=True, exist_ok=True)
-    (folder / "masks").mkdir(parents=True, exist_ok=True)
-    rows = []
+def roi_images(patients: int = 40) -> list[CacheImage]:
+    """The cache's images; every fifth patient is a test patient."""
+    images = []
     for patient in range(patients):
         for side in ("R", "L"):
             label, has_roi = breast_pattern(patient, side)
+            birads = 4 if label == "malignant" else 2
+            if patient % 6 == 5 and side == "L":
+                label = "normal"  # a normal breast the experiment must leave out
             for view in ("CC", "MLO"):
-                image_id = f"p{patient:03d}_{side}{view}"
-                image, mask = breast_image(rng, label == "malignant", has_roi, size)
-                cv2.imwrite(str(folder / "images" / f"{image_id}.png"), image)
-                mask_path = ""
-                if mask is not None:
-                    mask_path = str(folder / "masks" / f"{image_id}.png")
-                    cv2.imwrite(mask_path, mask)
-                rows.append(
-                    {
-                        "image_id": image_id,
-                        "patient_id": f"p{patient:03d}",
-                        "study_id": f"s{patient:03d}",
-                        "dataset": "synthetic",
-                        "path": str(folder / "images" / f"{image_id}.png"),
-                        "view": view,
-                        "laterality": side,
-                        "label": label,
-                        "birads": 4 if label == "malignant" else 2,
-                        "has_roi": has_roi,
-                        "roi": [{"type": "mask", "path": mask_path}] if has_roi else [],
-                        "split": "test" if patient % 5 == 4 else "train",
-                        "mask_path": mask_path,
-                    }
-                )
-        if patient % 6 == 5:  # a normal breast pair the experiment must leave out
-            rows[-1]["label"], rows[-2]["label"] = "normal", "normal"
-    return write_manifest(new_frame(rows), folder / "manifest.csv")
+                images.append(CacheImage(
+                    f"p{patient:03d}", view=view, laterality=side, label=label, has_roi=has_roi, birads=birads,
+                    split="test" if patient % 5 == 4 else "train",
+                ))  # fmt: skip
+    return images
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-from roi_synthetic import PixelStatsEngine, write_roi_cache
+from roi_synthetic import ROI_CACHE, PixelStatsEngine, roi_images
 
 from vismae.config import ConfigError
 from vismae.data.manifest import VIEW_NAMES, read_manifest
@@ -40,8 +40,8 @@ def experiment_config(manifest, output_dir, *overrides):
 
 
 @pytest.fixture(scope="module")
-def manifest(tmp_path_factory):
-    return write_roi_cache(tmp_path_factory.mktemp("cache"), patients=48)
+def manifest(synthetic_cache):
+    return synthetic_cache(roi_images(patients=48), **ROI_CACHE)
 
 
 @pytest.fixture(scope="module")
@@ -240,3 +240,31 @@ def test_a_manifest_without_test_split_is_refused(manifest, tmp_path):
     frame = read_manifest(manifest).assign(split="train")
     with pytest.raises(ValueError, match="no test split"):
         experiment_frame(frame, experiment_config(manifest, tmp_path).finetune.data)
+
+
+def test_a_run_folder_of_another_config_or_held_by_a_live_process_is_refused(manifest, tmp_path):
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from vismae.experiments.roi_aware.experiment import check_run_folder, run_roi_aware
+    from vismae.run_folder import FolderInUseError
+
+    config = experiment_config(manifest, tmp_path).with_absolute_paths()
+    check_run_folder(config)
+    check_run_folder(experiment_config(manifest, tmp_path, "seeds=[5]", "finetune.data.num_workers=0").with_absolute_paths())
+    with pytest.raises(ConfigError, match=re.escape("finetune.train.lr: 0.0001 -> 0.5")):
+        check_run_folder(experiment_config(manifest, tmp_path, "finetune.train.lr=0.5").with_absolute_paths())
+
+    code = "import sys, time; from vismae import run_folder; run_folder.FolderLock(sys.argv[1]).acquire(); print('holding', flush=True); time.sleep(600)"
+    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True, env=environment)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        with pytest.raises(FolderInUseError, match=f"process {holder.pid} on "):
+            run_roi_aware(config, engine=PixelStatsEngine())
+    finally:
+        holder.kill()
+        holder.wait()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from roi_synthetic import write_roi_cache
+from roi_synthetic import ROI_CACHE, roi_images
 
 from vismae import cli
 from vismae.data.manifest import read_manifest
@@ -18,9 +18,9 @@ from vismae.experiments.roi_aware.config import load_roi_aware_config
 from vismae.experiments.roi_aware.models import FinetuneEngine
 from vismae.experiments.roi_aware.router import train_router
 from vismae.experiments.roi_aware.rules import blind
+from vismae.shipped_configs import shipped_config
 
-REPO = Path(__file__).resolve().parents[3]
-DEMO_CONFIG = REPO / "configs" / "roi_aware" / "demo.yaml"
+DEMO_CONFIG = shipped_config("roi_aware", "demo.yaml")
 # Groups too small to train alone, their with-ROI stratum big enough to pool: 4 comparative
 # classifiers, one or two pooled ones and the router, each a few steps of the tiny encoder.
 FAST = ["small_groups.min_images=15", "small_groups.min_per_class=1", "finetune.train.epochs=1", "finetune.eval.n_boot=50"]
@@ -39,8 +39,8 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def manifest(tmp_path_factory):
-    return write_roi_cache(tmp_path_factory.mktemp("cache"), patients=24)
+def manifest(synthetic_cache):
+    return synthetic_cache(roi_images(patients=24), **ROI_CACHE)
 
 
 def test_the_demo_config_runs_end_to_end_and_resumes(manifest, tmp_path):

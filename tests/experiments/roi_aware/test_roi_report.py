@@ -10,16 +10,18 @@ import cv2
 import pandas as pd
 import pytest
 import yaml
-from roi_synthetic import PixelStatsEngine, write_roi_cache
+from roi_synthetic import ROI_CACHE, PixelStatsEngine, roi_images
 
-from vismae import cli
+from vismae import cli, metrics
 from vismae.config import ConfigError
 from vismae.experiments.roi_aware import paper_numbers
-from vismae.experiments.roi_aware.experiment import run_roi_aware
+from vismae.data.manifest import ManifestError, new_frame
+from vismae.engine.finetune_config import FinetuneData
+from vismae.experiments.roi_aware.experiment import experiment_frame, run_roi_aware
 from vismae.experiments.roi_aware.config import load_roi_aware_config
 from vismae.experiments.roi_aware.plot import roc_figure
 from vismae.experiments.roi_aware.markdown import fmt_interval
-from vismae.experiments.roi_aware.report import CLASSIFICATION_METRICS, build_report, json_safe
+from vismae.experiments.roi_aware.report import CLASSIFICATION_METRICS, build_report, json_safe, scored_metrics
 from vismae.experiments.roi_aware.rules import ANNOTATION_WARNING, PROCEDURES
 
 OVERRIDES = [
@@ -34,8 +36,8 @@ OVERRIDES = [
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    manifest = write_roi_cache(tmp_path_factory.mktemp("cache"), patients=32)
+def finished(tmp_path_factory, synthetic_cache):
+    manifest = synthetic_cache(roi_images(patients=32), **ROI_CACHE)
     out = tmp_path_factory.mktemp("run")
     config = load_roi_aware_config(None, [f"manifest={manifest}", f"output_dir={out}", *OVERRIDES])
     folder = run_roi_aware(config, PixelStatsEngine())
@@ -60,12 +62,50 @@ def test_json_csv_and_markdown_hold_the_same_numbers(finished):
     for row in report["results"]:
         csv_row = table.loc[(row["seed"], row["procedure"], row["scope"])]
         assert (csv_row["n"], csv_row["positives"]) == (row["n"], row["positives"])
+        assert csv_row["negatives"] == row["negatives"] == row["n"] - row["positives"]
         for name, entry in row["metrics"].items():
-            for part in ("value", "low", "high"):
+            for part in ("value", "low", "high", "undefined"):
                 assert same(float(csv_row[name if part == "value" else f"{name}_{part}"]), entry[part]), (row["procedure"], name, part)
+            # What the interval rests on: the row's positives and negatives, the report's resamples.
+            assert (entry["n_positive"], entry["n_negative"]) == (row["positives"], row["negatives"])
+            assert entry["n_boot"] == report["experiment"]["n_boot"] and 0 <= entry["undefined"] <= entry["n_boot"]
         cells = [row["seed"], row["title"], row["scope"], row["n"], row["positives"]]
         cells += [fmt_interval(nan_for_null(row["metrics"][name])) for name in CLASSIFICATION_METRICS]
         assert "| " + " | ".join(map(str, cells)) + " |" in lines
+
+
+def test_a_split_with_one_malignant_patient_gets_no_interval():
+    # 20 patients, one malignant and found: "1.000 (1.000-1.000)" would claim certainty.
+    table = pd.DataFrame({"target": [1] + [0] * 19, "patient_id": [f"p{i}" for i in range(20)]})
+    table["decision"] = [1] + [0] * 17 + [1, 1]
+    table["score"] = [0.9] + [0.1 * (i % 8) for i in range(19)]
+    scored = scored_metrics(table, n_boot=200)
+    assert (scored["n"], scored["positives"], scored["negatives"], scored["patients"]) == (20, 1, 19, 20)
+    sensitivity = scored["metrics"]["sensitivity"]
+    assert (sensitivity["value"], sensitivity["low"], sensitivity["high"]) == (1.0, 1.0, 1.0)
+    assert (sensitivity["n_positive"], sensitivity["n_negative"], sensitivity["n_boot"]) == (1, 19, 200)
+    assert sensitivity["undefined"] == pytest.approx(200 * (19 / 20) ** 20, rel=0.25)  # resamples missing p0
+    text = fmt_interval(sensitivity)
+    share = round(100 * sensitivity["undefined"] / 200)
+    assert text == f"1.000 (interval unreliable: undefined in {share} % of resamples)"
+    assert "1.000-1.000" not in text
+    # Specificity rests on 19 benign patients, defined in every resample: an ordinary interval.
+    specificity = scored["metrics"]["specificity"]
+    assert specificity["undefined"] == 0 and fmt_interval(specificity).startswith(f"{specificity['value']:.3f} (0.")
+    assert "unreliable" in fmt_interval(scored["metrics"]["roc_auc"])
+
+
+def test_the_experiment_refuses_rows_that_mix_dm_and_cesm_images():
+    rows = [
+        {"image_id": f"{kind}{n}", "patient_id": f"p{n}", "study_id": f"p{n}", "dataset": "cdd-cesm", "path": f"/x/{kind}{n}.png",
+         "view": "CC", "laterality": "L", "label": ("benign", "malignant")[n % 2], "birads": None, "has_roi": False, "roi": [],
+         "split": ("train", "test")[n % 2], "image_kind": kind, "mask_path": ""}
+        for n in range(4) for kind in ("DM", "CESM")
+    ]  # fmt: skip
+    frame = new_frame(rows)
+    with pytest.raises(ManifestError, match=r"one model per view and ROI group: the rows mix image kinds \(4 CESM and 4 DM images\)"):
+        experiment_frame(frame, FinetuneData())
+    assert len(experiment_frame(frame[frame["image_kind"] == "DM"], FinetuneData())) == 4
 
 
 def test_undefined_metrics_are_json_null():
@@ -120,12 +160,46 @@ def test_the_papers_numbers_stand_beside_ours(finished):
     _, folder = finished
     comparison = json.loads((folder / "results.json").read_text())["paper"]
     published = {(entry["table"], entry["procedure"]): entry["metrics"] for entry in comparison["published"]}
-    assert published[(5, "annotated")] == {"sensitivity": 0.93, "specificity": 0.87, "f1": 0.90, "accuracy": 0.87}
+    assert published[(5, "annotated")] == {"sensitivity": 0.93, "specificity": 0.87, "f_sens_spec": 0.90, "accuracy": 0.87}
+    assert "harmonic mean of sensitivity and specificity" in comparison["f_score"]
+    assert all("f_sens_spec" in entry["metrics"] for entry in comparison["ours"])
     assert published[(6, "comparative")]["sensitivity"] == 0.00
     assert {entry["procedure"] for entry in comparison["ours"]} == {"comparative", "annotated", "annotation_only", "deployable"}
     csv = pd.read_csv(folder / "paper_comparison.csv")
     assert csv.loc[(csv["table"] == 5) & (csv["procedure"] == "annotated"), "sensitivity"].item() == 0.93
-    assert "Table 5 (Swin Transformer)" in (folder / "results.md").read_text()
+    assert csv.loc[(csv["table"] == 5) & (csv["procedure"] == "annotated"), "f_sens_spec"].item() == 0.90
+    text = (folder / "results.md").read_text()
+    assert "Table 5 (Swin Transformer)" in text and "F(Se, Sp)" in text and "F1 implied" not in text
+
+
+# The paper's Tables 5-8 as printed (sensitivity, specificity, F-score, accuracy), columns
+# without and with consideration of ROI mask presence: a check that paper_numbers holds them.
+PRINTED = {
+    5: ((0.00, 1.00, 0.00, 0.85), (0.93, 0.87, 0.90, 0.87)),
+    6: ((0.00, 1.00, 0.00, 0.85), (0.90, 0.86, 0.88, 0.87)),
+    7: ((0.29, 0.68, 0.41, 0.48), (0.65, 0.65, 0.65, 0.65)),
+    8: ((0.65, 0.65, 0.65, 0.65), (0.74, 0.61, 0.67, 0.68)),
+}
+
+
+def test_paper_numbers_hold_the_printed_tables():
+    assert {table.table for table in paper_numbers.TABLES} == set(PRINTED)
+    for table in paper_numbers.TABLES:
+        comparative, stratified = PRINTED[table.table]
+        assert tuple(table.comparative[m] for m in paper_numbers.PUBLISHED_METRICS) == comparative
+        assert tuple(table.stratified[m] for m in paper_numbers.PUBLISHED_METRICS) == stratified
+
+
+def test_the_papers_f_score_is_the_harmonic_mean_of_sensitivity_and_specificity():
+    cells = [(table, row) for table in paper_numbers.TABLES for row in (table.comparative, table.stratified)]
+    assert len(cells) == 8
+    binary_misses = 0
+    for table, row in cells:
+        reproduced = metrics.f_sens_spec(row["sensitivity"], row["specificity"])
+        assert round(reproduced, 2) == pytest.approx(row["f_sens_spec"]), (table.table, row)
+        implied = paper_numbers.implied_f1(row, paper_numbers.TEST_SETS[table.dataset])
+        binary_misses += round(implied["binary"], 2) != row["f_sens_spec"]
+    assert binary_misses > 0  # binary F1 is not the paper's F-score
 
 
 def test_implied_f1_of_a_published_table():

@@ -16,6 +16,8 @@ READERS = {
     "cdd-cesm": "vismae.data.sources.cdd_cesm",
     "cbis-ddsm": "vismae.data.sources.cbis_ddsm",
     "table": "vismae.data.sources.table",
+    "folder": "vismae.data.sources.folder",
+    "rsna": "vismae.data.sources.rsna",
 }
 
 

@@ -2,9 +2,14 @@
 manifest.
 
 Low-energy (DM) images, the ordinary mammograms, are read by default; ``include_cesm`` adds
-the recombined contrast (CM) images. Names are matched without spaces and case, because the
-sheet's ``Image_name`` carries stray spaces and some files have a space before ``.jpg``. The
-dataset has no split: patients are split 10:1 (train:test), seeded, as the ROI paper does.
+the recombined contrast (CM) images. Each row's ``image_kind`` says which (DM or CESM), so that
+no model mixes them unawares. Names are matched without spaces and case, because the sheet's
+``Image_name`` carries stray spaces and some files have a space before ``.jpg``.
+
+The dataset has no split: patients are split 10:1 (train:test), seeded, stratified by label.
+``paper_split`` instead reproduces the ROI paper's selection and split (its Table 3): benign
+and malignant low-energy images only, as many of each (331), 31 of each in test, by patient
+(``vismae.data.sources.paper_split``).
 """
 
 from __future__ import annotations
@@ -15,11 +20,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from vismae.data.manifest import new_frame
+from vismae.data.manifest import SEVERITY, new_frame
 from vismae.data.missing import drop_missing
-from vismae.data.sources.grouped_split import SEVERITY, patient_split
+from vismae.data.sources.paper_split import paper_split as papers_split
 from vismae.data.sources.tables import SourceError, find_column, find_file, find_folder, read_table, where
 from vismae.data.sources.via import read_regions
+from vismae.data.splits import train_test_by_patient
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +36,7 @@ SEGMENTATIONS = "Radiology_hand_drawn_segmentations_v2.csv"
 REQUIRED = ("Image_name", "Patient_ID", "Side", "Type", "View", "BIRADS")
 LABEL_COLUMN = ("Pathology Classification/ Follow up", "Pathology Classification", "Pathology")
 TYPES = {"DM": "DM", "CESM": "CM", "CM": "CM"}
+IMAGE_KINDS = {"DM": "DM", "CM": "CESM"}  # the folder's kind -> the manifest's image_kind
 LABELS = {"normal": "normal", "benign": "benign", "malignant": "malignant"}
 
 
@@ -39,7 +46,14 @@ def image_key(name: str) -> str:
     return re.sub(r"\.jpe?g$", "", name, flags=re.IGNORECASE).upper()
 
 
-def read(root: Path, *, include_cesm: bool = False, seed: int = 0, allow_missing: bool = False) -> pd.DataFrame:
+def read(
+    root: Path, *, include_cesm: bool = False, paper_split: bool = False, seed: int = 0, allow_missing: bool = False
+) -> pd.DataFrame:
+    if paper_split and include_cesm:
+        raise ValueError(
+            "the paper split selects low-energy (DM) images only (331 benign and 331 malignant); "
+            "it cannot add the subtracted images (drop --include-cesm or --paper-split)"
+        )
     root = Path(root).resolve()
     kinds = ("DM", "CM") if include_cesm else ("DM",)
     files = {kind: _jpegs(find_folder(root, FOLDERS[kind])) for kind in kinds}
@@ -71,6 +85,7 @@ def read(root: Path, *, include_cesm: bool = False, seed: int = 0, allow_missing
             "birads": _birads(record, sheet_path, index),
             "roi": regions.get(key, []),
             "split": "",  # drawn by patient below, once the images are known
+            "image_kind": IMAGE_KINDS[kind],
         }
         row["study_id"] = row["patient_id"]
         row["has_roi"] = bool(row["roi"])
@@ -79,7 +94,9 @@ def read(root: Path, *, include_cesm: bool = False, seed: int = 0, allow_missing
     frame = drop_missing(new_frame(list(rows.values())), allow_missing)
     if frame.empty:
         raise SourceError(f"{sheet_path}: no {' or '.join(kinds)} images listed")
-    frame["split"] = patient_split(frame["patient_id"], frame["label"], seed=seed)
+    if paper_split:
+        return papers_split(frame, seed=seed)
+    frame["split"] = train_test_by_patient(frame["patient_id"], frame["label"], seed=seed)
     return frame
 
 

@@ -19,9 +19,9 @@ import pandas as pd
 
 from vismae.data.manifest import new_frame
 from vismae.data.missing import drop_missing
-from vismae.data.sources.grouped_split import patient_split
 from vismae.data.sources.headers import read_header, text
 from vismae.data.sources.tables import SourceError, find_column, read_csv, squeeze, where
+from vismae.data.splits import train_test_by_patient
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def read(root: Path | None, *, csv: Path | None = None, seed: int = 0, allow_mis
     frame = new_frame(rows)
     if "split" not in present:
         log.info("%s: no split column; patients split 10:1 into train and test with seed %d", csv, seed)
-        frame["split"] = patient_split(frame["patient_id"], frame["label"], seed=seed)
+        frame["split"] = train_test_by_patient(frame["patient_id"], frame["label"], seed=seed)
     return frame
 
 

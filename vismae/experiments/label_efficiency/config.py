@@ -22,13 +22,14 @@ import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
-from vismae.config import ConfigError, _require, load_config
+from vismae.config import ConfigError, load_config, require
 from vismae.data.splits import LABEL_FRACTIONS
 from vismae.engine.finetune_config import FinetuneConfig, FinetuneData, FinetuneTrain
+from vismae.io import absolute_path
 from vismae.metrics import CLASSIFICATION_METRICS
+from vismae.models.random_init import is_random_init
 
 SEGMENTATION_METRICS = ("dice", "precision", "recall", "dice_pooled", "precision_pooled", "recall_pooled")
 TASK_METRICS = {"classify": CLASSIFICATION_METRICS, "segment": SEGMENTATION_METRICS}
@@ -39,7 +40,6 @@ AUTO_FOLDS = 5
 AUTO_FOLDS_BELOW_IMAGES = 4000
 # Init names become part of run folder names, where "_" separates the parts.
 INIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
-RANDOM_PREFIX = "random:"
 
 
 @dataclass
@@ -65,31 +65,31 @@ class SweepConfig:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def validate(self) -> None:
-        _require(bool(self.inits), "inits: name at least one encoder init, e.g. {ours: runs/x/encoder.safetensors, random: random:vismae}")
+        require(bool(self.inits), "inits: name at least one encoder init, e.g. {ours: runs/x/encoder.safetensors, random: random:vismae}")
         for name, source in self.inits.items():
-            _require(bool(INIT_NAME.match(str(name))), f"inits: name {name!r} must be letters, digits and '-' (it names run folders)")
-            _require(isinstance(source, str) and bool(source), f"inits.{name}: expected a path or random:<preset>, got {source!r}")
-        _require(self.baseline in self.inits, f"baseline: {self.baseline!r} is not one of the inits ({', '.join(self.inits)})")
+            require(bool(INIT_NAME.match(str(name))), f"inits: name {name!r} must be letters, digits and '-' (it names run folders)")
+            require(isinstance(source, str) and bool(source), f"inits.{name}: expected a path or random:<preset>, got {source!r}")
+        require(self.baseline in self.inits, f"baseline: {self.baseline!r} is not one of the inits ({', '.join(self.inits)})")
         bad = [f for f in self.fractions if not 0 < f <= 1]
-        _require(bool(self.fractions) and not bad, f"fractions must lie in (0, 1], got {bad or 'none'}")
-        _require(len(set(self.fractions)) == len(self.fractions), f"fractions: repeated values in {self.fractions}")
-        _require(1.0 in self.fractions, "fractions must include 1.0: the baseline's full-data score is the bar")
-        _require(bool(self.seeds), "seeds: give at least one seed")
-        _require(len(set(self.seeds)) == len(self.seeds), f"seeds: repeated seeds in {self.seeds}")
-        _require(self.folds == "auto" or self.folds == 0 or self.folds >= 2, f"folds must be auto, 0 or >= 2, got {self.folds}")
+        require(bool(self.fractions) and not bad, f"fractions must lie in (0, 1], got {bad or 'none'}")
+        require(len(set(self.fractions)) == len(self.fractions), f"fractions: repeated values in {self.fractions}")
+        require(1.0 in self.fractions, "fractions must include 1.0: the baseline's full-data score is the bar")
+        require(bool(self.seeds), "seeds: give at least one seed")
+        require(len(set(self.seeds)) == len(self.seeds), f"seeds: repeated seeds in {self.seeds}")
+        require(self.folds == "auto" or self.folds == 0 or self.folds >= 2, f"folds must be auto, 0 or >= 2, got {self.folds}")
         unknown = [m for m in self.metrics if m not in TASK_METRICS[self.task]]
-        _require(not unknown, f"metrics: {unknown} are not {self.task} metrics; choose from {', '.join(TASK_METRICS[self.task])}")
+        require(not unknown, f"metrics: {unknown} are not {self.task} metrics; choose from {', '.join(TASK_METRICS[self.task])}")
         self._validate_recipe()
 
     def _validate_recipe(self) -> None:
-        _require(self.finetune.task in (FinetuneConfig().task, self.task), f"finetune.task: the sweep's task is {self.task}; remove it")
+        require(self.finetune.task in (FinetuneConfig().task, self.task), f"finetune.task: the sweep's task is {self.task}; remove it")
         for key, value, default in (
             ("finetune.init", self.finetune.init, FinetuneConfig().init),
             ("finetune.output_dir", self.finetune.output_dir, FinetuneConfig().output_dir),
             ("finetune.data.manifest", self.finetune.data.manifest, FinetuneData().manifest),
             ("finetune.train.seed", self.finetune.train.seed, FinetuneTrain().seed),
         ):
-            _require(value == default, f"{key}: the sweep sets it for every run (from inits, output_dir, manifest and seeds); remove it")
+            require(value == default, f"{key}: the sweep sets it for every run (from inits, output_dir, manifest and seeds); remove it")
         try:
             dataclasses.replace(self.finetune, task=self.task).validate()
         except ConfigError as error:
@@ -110,14 +110,8 @@ class SweepConfig:
 
     def with_absolute_paths(self) -> SweepConfig:
         """Paths resolved against the working directory, so a resume from elsewhere finds them."""
-        absolute = lambda path: str(Path(path).expanduser().resolve())  # noqa: E731
-        inits = {name: source if source.startswith(RANDOM_PREFIX) else absolute(source) for name, source in self.inits.items()}
-        return dataclasses.replace(
-            self,
-            output_dir=absolute(self.output_dir),
-            manifest=absolute(self.manifest) if self.manifest else None,
-            inits=inits,
-        )
+        inits = {name: source if is_random_init(source) else absolute_path(source) for name, source in self.inits.items()}
+        return dataclasses.replace(self, output_dir=absolute_path(self.output_dir), manifest=absolute_path(self.manifest), inits=inits)
 
 
 def load_sweep_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> SweepConfig:

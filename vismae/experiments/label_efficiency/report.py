@@ -14,6 +14,12 @@ by chance at 10 % and falls below it at 25 % has not reached it at 10 %. The lab
 compares each fraction's best run with the baseline's worst full-data run, its high end each
 fraction's worst run with the baseline's best, so from the high end on every run of the init
 scores at least every full-data baseline run. It is a range over runs, not a confidence interval.
+
+Each run's own score has a patient-level bootstrap interval (results.csv: ``test_roc_auc_low``,
+``_high`` and ``_undefined``, the resamples of ``test_n_boot`` in which the metric had no value).
+A point of the curve counts the runs whose interval was unreliable (over 5 % of the resamples
+undefined: too few positive or negative patients to score on), and the summary says so beside
+the score instead of letting it pass for a measured one.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from vismae.io import atomic_path, write_text  # noqa: E402
+from vismae.metrics import UNRELIABLE_UNDEFINED_SHARE  # noqa: E402
 
 PLAN_FILE = "plan.json"
 RUNS_DIR = "runs"
@@ -43,7 +50,8 @@ SAVED_FILE = "labels_saved.csv"
 SUMMARY_FILE = "summary.md"
 FULL = 1.0
 SPREAD = "line: mean over seeds and folds; band: min to max over them"
-CURVE_COLUMNS = ["metric", "split", "init", "fraction", "runs", "mean", "std", "min", "max", "train_images", "train_patients"]
+CURVE_COLUMNS = ["metric", "split", "init", "fraction", "runs", "mean", "std", "min", "max", "train_images", "train_patients",
+                 "unreliable_runs"]  # fmt: skip
 SAVED_COLUMNS = ["metric", "init", "bar", "bar_low", "bar_high", "bar_runs", "reached", "labels_saved", "range_low", "range_high",
                  "statement"]  # fmt: skip
 # The module docstring's definition, as the report states it.
@@ -90,14 +98,29 @@ def collect_results(folder: Path, plan: dict) -> pd.DataFrame:
     return results.assign(_order=position).sort_values(["_order", "run"]).drop(columns="_order").reset_index(drop=True)
 
 
+def unreliable_intervals(results: pd.DataFrame, column: str) -> pd.Series:
+    """Per run: whether the bootstrap interval of ``column`` (``test_roc_auc``) was unreliable,
+    i.e. undefined in more than 5 % of its resamples. False where results.csv does not say
+    (runs finished before the count was kept)."""
+    split = column.split("_", 1)[0]
+    undefined, n_boot = f"{column}_undefined", f"{split}_n_boot"
+    if undefined not in results.columns or n_boot not in results.columns:
+        return pd.Series(False, index=results.index)
+    share = pd.to_numeric(results[undefined], errors="coerce") / pd.to_numeric(results[n_boot], errors="coerce")
+    return (share > UNRELIABLE_UNDEFINED_SHARE).fillna(False).astype(bool)
+
+
 def aggregate(results: pd.DataFrame, column: str) -> pd.DataFrame:
     """Per (init, fraction): how many runs have ``column`` defined, its mean, std (n - 1), min
-    and max over them, and the mean labelled budget (training images and patients)."""
-    defined = results.dropna(subset=[column])
+    and max over them, the mean labelled budget (training images and patients) and how many
+    of the runs' intervals were unreliable (``unreliable_intervals``)."""
+    defined = results.dropna(subset=[column]).assign(unreliable_runs=lambda rows: unreliable_intervals(rows, column))
     grouped = defined.groupby(["init", "fraction"], sort=False)
     table = grouped[column].agg(runs="count", mean="mean", std="std", min="min", max="max")
     budget = grouped[["train_images", "train_patients"]].mean()
-    return table.join(budget).reset_index().sort_values(["init", "fraction"], kind="stable").reset_index(drop=True)
+    unreliable = grouped["unreliable_runs"].sum().astype(int)
+    table = table.join(budget).join(unreliable)
+    return table.reset_index().sort_values(["init", "fraction"], kind="stable").reset_index(drop=True)
 
 
 def init_order(plan: dict, results: pd.DataFrame) -> list[str]:
@@ -267,7 +290,10 @@ def progress(folder: Path, plan: dict, results: pd.DataFrame) -> tuple[str, bool
 
 def _cell(row) -> str:
     spread = f" ± {row['std']:.3f}" if row["runs"] > 1 else ""
-    return f"{row['mean']:.3f}{spread} [{row['min']:.3f}, {row['max']:.3f}] ({row['runs']})"
+    unreliable = int(row.get("unreliable_runs", 0) or 0)
+    # The runs whose own interval rests on too few patients of a class: their scores are chance.
+    warning = f"; UNRELIABLE interval in {unreliable}" if unreliable else ""
+    return f"{row['mean']:.3f}{spread} [{row['min']:.3f}, {row['max']:.3f}] ({row['runs']}{warning})"
 
 
 def metric_table(curve: pd.DataFrame, inits: list[str]) -> str:
@@ -319,6 +345,12 @@ def summary_markdown(folder: Path, plan: dict, results: pd.DataFrame, curves: pd
         if curve.empty:
             continue
         lines += ["", f"## {metric}", "", metric_table(curve, inits), ""]
+        unreliable = int(curve["unreliable_runs"].sum()) if "unreliable_runs" in curve.columns else 0
+        if unreliable:
+            lines += [f"UNRELIABLE: in {unreliable} of {int(curve['runs'].sum())} runs the patient-level 95 % interval of "
+                      f"{metric} was undefined in more than {100 * UNRELIABLE_UNDEFINED_SHARE:g} % of its resamples (too few "
+                      f"positive or negative patients on {plan['score_split']}): those scores are not a measurement. "
+                      f"results.csv has each run's {plan['score_split']}_{metric}_undefined.", ""]  # fmt: skip
         bar, reaches = found.get(metric, (None, []))
         if bar is None:
             lines.append(f"Labels saved: no bar yet ({plan['baseline']} has no finished run with 100 % of the labels).")

@@ -11,14 +11,13 @@ labels each init needs to match a randomly initialized model trained on all of t
 
 Subsets depend on (seed, fold) alone, never on the init, so every init trains on the same rows.
 A rerun skips finished runs and redoes unfinished ones from scratch. Shard i of n takes the
-runs whose index mod n is i, so machines or an array job can share one sweep folder.
+runs whose index mod n is i, so machines or an array job can share one sweep folder; a shard
+holds a lock of its own there while it runs, and each run holds its run folder.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import shutil
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -26,16 +25,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-import yaml
-from accelerate import PartialState
 
-from vismae.config import ConfigError, differing_keys, flatten, read_yaml, to_dict
+from vismae import run_folder
+from vismae.config import read_yaml, to_dict
 from vismae.data.manifest import read_manifest
 from vismae.data.splits import carve_validation, kfold, label_fractions, save_splits
-from vismae.engine.finetune import finetune, make_accelerator, select_rows
+from vismae.engine.accelerator import make_accelerator
+from vismae.engine.finetune import finetune, select_rows
 from vismae.experiments.label_efficiency.config import AUTO_FOLDS, AUTO_FOLDS_BELOW_IMAGES, SweepConfig
-from vismae.io import write_json, write_text
 from vismae.experiments.label_efficiency.report import ERROR_FILE, PLAN_FILE, RESULT_FILE, RUNS_DIR, build_report
+from vismae.io import input_digest, write_json, write_text
 
 # Besides the report's names: result.json, written last into a run folder, marks the run
 # finished; error.txt holds the traceback of a run that failed, and the next pass redoes it.
@@ -143,8 +142,7 @@ def resolve_score_split(choice: str, rows: pd.DataFrame) -> str:
 
 def subset_digest(rows: pd.DataFrame) -> str:
     """What identifies a subset: its images and their splits."""
-    key = rows[["image_id", "split"]].sort_values("image_id").to_csv(index=False)
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
+    return input_digest(rows, ["image_id", "split"])
 
 
 def prepare_subsets(folder: Path, base: pd.DataFrame, fractions, seed: int, stratify: str | None) -> dict[float, pd.DataFrame]:
@@ -217,24 +215,22 @@ def plan_sweep(config: SweepConfig) -> SweepPlan:
 def check_config(folder: Path, config: SweepConfig) -> None:
     """Refuse to continue a sweep folder under a config that would change its finished runs;
     extending it (more seeds, fractions or inits) is fine, and the saved config follows."""
-    saved_path = folder / CONFIG_FILE
     new = to_dict(config)
+    saved_path = folder / CONFIG_FILE
     if saved_path.is_file():
+        # An init added or dropped changes no other run; one whose weights changed does: the
+        # configs are compared on the inits both name.
         saved = read_yaml(saved_path)
-        old_inits, new_inits = saved.get("inits") or {}, config.inits
-        old_flat, new_flat, defaults = flatten(saved), flatten(new), flatten(to_dict(SweepConfig()))
-        changed = [
-            key
-            for key in differing_keys(saved, new)
-            if key not in NEUTRAL_KEYS
-            # An init added or dropped changes no other run; one whose weights changed does.
-            and not (key.startswith("inits.") and (key[6:] not in old_inits or key[6:] not in new_inits))
-            # A key that a newer vismae added, left at its default, changes nothing either.
-            and not (key not in old_flat and new_flat.get(key) == defaults.get(key))
-        ]
-        if changed:
-            raise ConfigError(f"{folder} holds a sweep with another config ({', '.join(changed)} differ); choose another output_dir")
-    write_text(saved_path, yaml.safe_dump(new, sort_keys=False))
+        common = (saved.get("inits") or {}).keys() & config.inits.keys()
+        run_folder.check_config(
+            folder,
+            {**new, "inits": {name: new["inits"][name] for name in sorted(common)}},
+            neutral=NEUTRAL_KEYS,
+            defaults=to_dict(SweepConfig()),
+            what="a sweep",
+            saved={**saved, "inits": {name: saved["inits"][name] for name in sorted(common)}},
+        )
+    run_folder.save_config(folder, new, file=CONFIG_FILE)
 
 
 def run_state(run_dir: Path) -> str:
@@ -248,7 +244,8 @@ def run_state(run_dir: Path) -> str:
 
 def result_row(spec: RunSpec, source: str, rows: pd.DataFrame, metrics: Mapping, seconds: float) -> dict:
     """One line of results.csv: the run, its labelled budget, and every metric of val and test
-    with its 95 % interval (``test_roc_auc``, ``test_roc_auc_low``, ``test_roc_auc_high``) and
+    with its 95 % interval (``test_roc_auc``, ``test_roc_auc_low``, ``test_roc_auc_high``, and
+    ``test_roc_auc_undefined``: the resamples of ``test_n_boot`` without a value) and
     what it was computed on (``test_n``, ``test_positives``, ``test_patients`` ...)."""
     row = {"run": spec.name, "fraction": spec.fraction, "init": spec.init, "init_source": source, "seed": spec.seed,
            "fold": spec.fold, **labelled_budget(rows), "best_epoch": metrics.get("best_epoch"),
@@ -257,25 +254,31 @@ def result_row(spec: RunSpec, source: str, rows: pd.DataFrame, metrics: Mapping,
         for name, value in (metrics.get(split) or {}).items():
             if isinstance(value, Mapping) and "value" in value:
                 column = f"{split}_{name}"
-                row.update({column: value["value"], f"{column}_low": value.get("low"), f"{column}_high": value.get("high")})
+                row.update({column: value["value"], f"{column}_low": value.get("low"), f"{column}_high": value.get("high"),
+                            f"{column}_undefined": value.get("undefined", value.get("skipped")), f"{split}_n_boot": value.get("n_boot")})
             elif isinstance(value, (int, float)) and name not in ("alpha", "threshold"):  # the threshold has its own column
                 row[f"{split}_{name}"] = value
     return row
 
 
 def execute_run(spec: RunSpec, source: str, rows: pd.DataFrame, run_dir: Path, run_fn: RunFunction) -> dict:
-    """One run, or its saved result. A folder without the result is a run that stopped or
-    failed part way; what it holds cannot be trusted, so it is removed and the run redone."""
+    """One run, or its saved result. The run holds its folder while it trains: a folder that
+    another live process holds raises ``run_folder.FolderInUseError``. A folder without the
+    result is a run that stopped or failed part way; what it holds cannot be trusted, so it
+    is emptied and the run redone."""
     marker = run_dir / RESULT_FILE
     if marker.is_file():
         return json.loads(marker.read_text())
-    if run_dir.exists():
-        print(f"  {spec.name}: unfinished run folder ({run_state(run_dir)}); removing it and running again", flush=True)
-        shutil.rmtree(run_dir)
-    started = time.perf_counter()
-    metrics = run_fn(spec, rows, run_dir)
-    row = result_row(spec, source, rows, metrics, time.perf_counter() - started)
-    write_json(marker, row)  # last: the run is finished
+    with run_folder.hold(run_dir):
+        if marker.is_file():  # finished by another process since the first look
+            return json.loads(marker.read_text())
+        if not run_folder.holds_only_its_lock(run_dir):
+            print(f"  {spec.name}: unfinished run folder ({run_state(run_dir)}); emptying it and running again", flush=True)
+            run_folder.clear_folder(run_dir)
+        started = time.perf_counter()
+        metrics = run_fn(spec, rows, run_dir)
+        row = result_row(spec, source, rows, metrics, time.perf_counter() - started)
+        write_json(marker, row)  # last: the run is finished
     return row
 
 
@@ -286,6 +289,12 @@ class SweepOutcome:
     ran: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # finished before this pass
     failed: list[str] = field(default_factory=list)
+    in_use: list[str] = field(default_factory=list)  # being trained by another live process
+
+
+def shard_lock(shard: tuple[int, int]) -> str:
+    """The lock file of one shard: shards share the sweep folder, a shard is run once at a time."""
+    return f"{run_folder.LOCK_FILE}-shard-{shard[0]}-of-{shard[1]}"
 
 
 def run_sweep(config: SweepConfig, shard: tuple[int, int] = (0, 1), run_fn: RunFunction | None = None, report: bool = True) -> SweepOutcome:
@@ -293,9 +302,18 @@ def run_sweep(config: SweepConfig, shard: tuple[int, int] = (0, 1), run_fn: RunF
     then rebuild the report from every run finished so far, this shard's or others'.
 
     ``run_fn`` trains one run (default: the finetuning engine). A run that raises is recorded
-    in its folder's error.txt and the sweep goes on; the next pass redoes it.
+    in its folder's error.txt and the sweep goes on; the next pass redoes it. The shard is
+    refused at once while another live process runs it; a run that another process is
+    training (shards of another layout) is left to it.
     """
     plan = plan_sweep(config)
+    config, folder = plan.config, plan.folder
+    run_fn = run_fn or finetune_runner(config)
+    with run_folder.hold(folder, name=shard_lock(shard)):
+        return _run_shard(plan, shard, run_fn, report)
+
+
+def _run_shard(plan: SweepPlan, shard: tuple[int, int], run_fn: RunFunction, report: bool) -> SweepOutcome:
     config, folder = plan.config, plan.folder
     check_config(folder, config)
     write_json(folder / PLAN_FILE, plan.to_dict())
@@ -305,7 +323,6 @@ def run_sweep(config: SweepConfig, shard: tuple[int, int] = (0, 1), run_fn: RunF
             key = subset_key(seed, fold)
             subsets[key] = prepare_subsets(folder / SUBSETS_DIR / key, base, config.fractions, seed, config.stratify_by)
 
-    run_fn = run_fn or finetune_runner(config)
     outcome = SweepOutcome(folder, shard)
     mine = shard_runs(plan.runs, *shard)
     print(f"sweep {folder}: {len(plan.runs)} runs, shard {shard[0]}/{shard[1]} takes {len(mine)}", flush=True)
@@ -318,6 +335,10 @@ def run_sweep(config: SweepConfig, shard: tuple[int, int] = (0, 1), run_fn: RunF
         print(f"[{position}/{len(mine)}] {spec.name}: {labelled_budget(rows)['train_images']} training images", flush=True)
         try:
             row = execute_run(spec, config.inits[spec.init], rows, run_dir, run_fn)
+        except run_folder.FolderInUseError as error:
+            print(f"  {spec.name}: left to the process training it: {error}", flush=True)
+            outcome.in_use.append(spec.name)
+            continue
         except Exception as error:  # noqa: BLE001 -- one failed run must not stop the others
             write_text(run_dir / ERROR_FILE, traceback.format_exc())
             print(f"  {spec.name} failed: {type(error).__name__}: {error} (see {run_dir / ERROR_FILE})", flush=True)
@@ -334,9 +355,9 @@ def run_sweep(config: SweepConfig, shard: tuple[int, int] = (0, 1), run_fn: RunF
 
 def finetune_runner(config: SweepConfig) -> RunFunction:
     """The real run: one ``finetune`` call with the run's encoder, rows, seed and folder."""
-    if PartialState().num_processes > 1:
-        raise ValueError("a sweep runs one process per shard: start one `vismae sweep --shard i/n` per device, not `accelerate launch`")
     accelerator = make_accelerator(config.finetune.train.mixed_precision)
+    if accelerator.num_processes > 1:
+        raise ValueError("a sweep runs one process per shard: start one `vismae sweep --shard i/n` per device, not `accelerate launch`")
 
     def run(spec: RunSpec, rows: pd.DataFrame, run_dir: Path) -> Mapping:
         try:

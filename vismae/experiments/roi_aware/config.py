@@ -3,6 +3,7 @@
     output_dir: runs/roi_aware/vindr
     manifest: cache/vindr/manifest.csv     # a prepared cache with a test split
     init: runs/pretrain/vindr/export       # the one encoder every classifier starts from
+    recipe: vismae                         # the recipe's name in the report (e.g. paper)
     paper: vindr                           # which published tables to show beside ours
     seeds: [0, 1, 2]
     small_groups: {rule: pooled, min_images: 20, min_per_class: 10}
@@ -18,12 +19,13 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
-from vismae.config import ConfigError, _require, load_config
+from vismae.config import ConfigError, load_config, require
 from vismae.engine.finetune_config import FinetuneConfig, FinetuneData
 from vismae.experiments.roi_aware.paper_numbers import DATASETS
+from vismae.io import absolute_path
+from vismae.models.random_init import SWIN_BACKBONE, init_problem, is_random_init
 
 
 @dataclass
@@ -45,9 +47,9 @@ class SmallGroups:
     min_val_per_class: int = 1
 
     def validate(self) -> None:
-        _require(self.min_images >= 2, f"small_groups.min_images must be >= 2, got {self.min_images}")
-        _require(self.min_per_class >= 1, f"small_groups.min_per_class must be >= 1, got {self.min_per_class}")
-        _require(self.min_val_per_class >= 0, f"small_groups.min_val_per_class must be >= 0, got {self.min_val_per_class}")
+        require(self.min_images >= 2, f"small_groups.min_images must be >= 2, got {self.min_images}")
+        require(self.min_per_class >= 1, f"small_groups.min_per_class must be >= 1, got {self.min_per_class}")
+        require(self.min_val_per_class >= 0, f"small_groups.min_val_per_class must be >= 0, got {self.min_val_per_class}")
 
 
 @dataclass
@@ -67,7 +69,13 @@ class RouterSettings:
 class RoiAwareConfig:
     output_dir: str = "runs/roi_aware"
     manifest: str | None = None  # a prepared cache's manifest.csv, with train and test splits
-    init: str = "random:vismae"  # encoder weights or random:<preset>, shared by every model
+    # Encoder weights or random:<preset>, shared by every model; with a timm
+    # finetune.model.backbone (e.g. convnextv2_tiny), random or a timm checkpoint file.
+    init: str = "random:vismae"
+    # The recipe's name, printed in the report's header and every results row, so that two
+    # runs of one dataset (e.g. vismae: class-weighted loss, threshold chosen on validation;
+    # paper: the ROI paper's plain cross-entropy and arg-max) are told apart side by side.
+    recipe: str = "vismae"
     paper: str | None = None  # vindr or cdd-cesm: the paper's tables shown beside ours; null: none
     seeds: list[int] = field(default_factory=lambda: [0])  # training seeds (finetune.train.seed)
     small_groups: SmallGroups = field(default_factory=SmallGroups)
@@ -79,13 +87,21 @@ class RoiAwareConfig:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def validate(self) -> None:
-        _require(bool(self.seeds), "seeds: give at least one training seed")
-        _require(len(set(self.seeds)) == len(self.seeds), f"seeds: repeated seeds in {self.seeds}")
-        _require(
+        require(bool(self.seeds), "seeds: give at least one training seed")
+        require(len(set(self.seeds)) == len(self.seeds), f"seeds: repeated seeds in {self.seeds}")
+        require(
             self.paper is None or self.paper in DATASETS,
             f"paper must be one of {', '.join(DATASETS)} or null, got {self.paper!r}",
         )
-        _require(self.finetune.task == "classify", "finetune.task: the experiment sets the task of each model; leave it at classify")
+        require(self.finetune.task == "classify", "finetune.task: the experiment sets the task of each model; leave it at classify")
+        require(bool(str(self.recipe).strip()), "recipe: give the recipe a name, e.g. vismae or paper")
+        backbone = self.finetune.model.backbone
+        problem = init_problem(self.init, backbone)
+        require(problem is None, f"{problem} (finetune.model.backbone is {backbone})")
+        require(
+            backbone == SWIN_BACKBONE or self.router.kind == "classifier",
+            f"router.kind: segmenter needs the {SWIN_BACKBONE} encoder; finetune.model.backbone {backbone} takes classifier",
+        )
         defaults = FinetuneConfig()
         for key, value, default in (
             ("finetune.init", self.finetune.init, defaults.init),
@@ -94,7 +110,7 @@ class RoiAwareConfig:
             ("finetune.data.views", self.finetune.data.views, FinetuneData().views),
             ("finetune.data.roi", self.finetune.data.roi, FinetuneData().roi),
         ):
-            _require(
+            require(
                 value == default,
                 f"{key}: the experiment sets it for every model (groups by view and ROI presence itself, "
                 f"takes the encoder from 'init' and the rows from 'manifest'); remove it",
@@ -102,12 +118,11 @@ class RoiAwareConfig:
 
     def with_absolute_paths(self) -> RoiAwareConfig:
         """Paths resolved against the working directory, so a resume from elsewhere finds them."""
-        absolute = lambda path: str(Path(path).expanduser().resolve())  # noqa: E731
         return dataclasses.replace(
             self,
-            output_dir=absolute(self.output_dir),
-            manifest=absolute(self.manifest) if self.manifest else None,
-            init=self.init if self.init.startswith("random:") else absolute(self.init),
+            output_dir=absolute_path(self.output_dir),
+            manifest=absolute_path(self.manifest),
+            init=self.init if is_random_init(self.init) else absolute_path(self.init),
         )
 
 

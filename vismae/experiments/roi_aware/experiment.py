@@ -22,14 +22,17 @@ import dataclasses
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
-from vismae.config import ConfigError, differing_keys, read_yaml, to_dict
-from vismae.data.manifest import CACHE_COLUMNS, VIEW_NAMES, read_manifest, view_names
+from vismae import run_folder
+from vismae.config import to_dict
+from vismae.data.manifest import CACHE_COLUMNS, VIEW_NAMES, read_manifest, require_one_image_kind, view_names
 from vismae.data.splits import carve_validation
+from vismae.engine.accelerator import make_accelerator
 from vismae.engine.finetune_config import FinetuneConfig, FinetuneData
 from vismae.experiments.roi_aware.config import RoiAwareConfig
+from vismae.experiments.roi_aware.layout import CONFIG_FILE, DATA_FILE, OUTCOME_FILE, PREDICTIONS_FILE, seed_dir
 from vismae.experiments.roi_aware.models import ConstantModel, Engine, FinetuneEngine, score_routed, train_classifier
+from vismae.experiments.roi_aware.report import build_report, composition
 from vismae.experiments.roi_aware.router import Router, train_router
 from vismae.experiments.roi_aware.rules import (
     PROCEDURES,
@@ -42,20 +45,13 @@ from vismae.experiments.roi_aware.rules import (
     group_names,
     plan_groups,
 )
-from vismae.io import atomic_path, write_json, write_text
+from vismae.io import write_csv, write_json
 
-PREDICTIONS_FILE = "predictions.csv"
-OUTCOME_FILE = "outcome.json"
-CONFIG_FILE = "config.yaml"
 PREDICTION_COLUMNS = ["procedure", "uses_test_annotations", "task", "image_id", "patient_id", "view_name",
                       "route", "model", "score", "decision", "target", "has_roi"]  # fmt: skip
 # Keys that do not change any result: a run folder may be continued with other values.
 NEUTRAL_KEYS = ("output_dir", "seeds", "paper", "finetune.data.num_workers", "finetune.eval.batch_size",
                 "finetune.checkpoint.every_epochs", "finetune.checkpoint.keep")  # fmt: skip
-
-
-def seed_dir(output_dir: str | Path, seed: int) -> Path:
-    return Path(output_dir) / f"seed_{seed}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,6 +68,7 @@ def experiment_frame(manifest: pd.DataFrame, data: FinetuneData) -> pd.DataFrame
     frame = manifest[manifest["label"].isin(data.negative + data.positive)]
     if frame.empty:
         raise ValueError(f"the manifest has no {data.negative + data.positive} images")
+    require_one_image_kind(frame, "the ROI-aware experiment trains one model per view and ROI group")
     if not (frame["split"] == "test").any():
         raise ValueError(
             "the manifest has no test split; give one (e.g. with `vismae split`) so that every procedure is scored on the same images"
@@ -208,35 +205,31 @@ def run_seed(engine: Engine, frame: pd.DataFrame, config: RoiAwareConfig, seed: 
 
 
 def write_predictions(table: pd.DataFrame, path: Path) -> None:
-    with atomic_path(path) as temporary:
-        table.to_csv(temporary, index=False)
+    write_csv(path, table)
 
 
 def check_run_folder(config: RoiAwareConfig, save: bool = True) -> None:
     """Refuse a run folder made with another experiment config; save this one there."""
-    path = Path(config.output_dir) / CONFIG_FILE
     new = to_dict(config)
-    if path.is_file():
-        changed = [key for key in differing_keys(read_yaml(path), new) if not key.startswith(NEUTRAL_KEYS)]
-        if changed:
-            raise ConfigError(
-                f"{path.parent} holds an experiment with another config (changed: {', '.join(changed)}); choose another output_dir"
-            )
+    run_folder.check_config(
+        config.output_dir, new, neutral=NEUTRAL_KEYS, defaults=to_dict(RoiAwareConfig()), what="an experiment", file=CONFIG_FILE
+    )
     if save:
-        write_text(path, yaml.safe_dump(new, sort_keys=False))
+        run_folder.save_config(config.output_dir, new, file=CONFIG_FILE)
 
 
 def run_roi_aware(config: RoiAwareConfig, engine: Engine | None = None) -> Path:
-    """The whole experiment for every seed, then the report; returns the report folder."""
-    from vismae.experiments.roi_aware.report import DATA_FILE, build_report, composition
-
+    """The whole experiment for every seed, then the report; returns the report folder. The
+    experiment holds its folder while it runs (each model's run holds its own inside)."""
     config = config.with_absolute_paths()
-    check_run_folder(config)
-    frame = experiment_frame(read_manifest(config.manifest), config.finetune.data)
-    write_json(Path(config.output_dir) / DATA_FILE, composition(frame))
     settings = config.finetune
-    engine = engine or FinetuneEngine(settings.eval.batch_size or settings.train.batch_size, settings.data.num_workers)
-    for seed in config.seeds:
-        print(f"seed {seed}:", flush=True)
-        run_seed(engine, frame, config, seed)
-    return build_report(config)
+    accelerator = make_accelerator(settings.train.mixed_precision)  # its main process holds the folder
+    with run_folder.hold(config.output_dir, accelerator):
+        check_run_folder(config)
+        frame = experiment_frame(read_manifest(config.manifest), settings.data)
+        write_json(Path(config.output_dir) / DATA_FILE, composition(frame))
+        engine = engine or FinetuneEngine(settings.eval.batch_size or settings.train.batch_size, settings.data.num_workers)
+        for seed in config.seeds:
+            print(f"seed {seed}:", flush=True)
+            run_seed(engine, frame, config, seed)
+        return build_report(config)

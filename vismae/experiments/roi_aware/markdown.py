@@ -1,5 +1,6 @@
 """The ROI-aware report as markdown: the tables of ``roi_report``'s JSON, numbers at three
-decimals with their 95 % intervals, procedures that read test annotations flagged in every row."""
+decimals with their 95 % intervals (or, where too many resamples left the metric undefined, why
+the interval is not shown), procedures that read test annotations flagged in every row."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ import math
 
 from vismae.data.manifest import VIEW_NAMES
 from vismae.experiments.roi_aware.rules import ANNOTATION_WARNING
-from vismae.metrics import CLASSIFICATION_METRICS
+from vismae.metrics import CLASSIFICATION_METRICS, UNRELIABLE_UNDEFINED_SHARE, interval_problem, undefined_share
 
-METRIC_TITLES = {"sensitivity": "Sensitivity", "specificity": "Specificity", "f1": "F1", "accuracy": "Accuracy",
-                 "roc_auc": "ROC AUC", "pr_auc": "PR AUC"}  # fmt: skip
+METRIC_TITLES = {"sensitivity": "Sensitivity", "specificity": "Specificity", "f1": "F1",
+                 "f_sens_spec": "F(Se, Sp)", "accuracy": "Accuracy", "roc_auc": "ROC AUC", "pr_auc": "PR AUC"}  # fmt: skip
 
 
 def fmt(value) -> str:
@@ -18,9 +19,13 @@ def fmt(value) -> str:
 
 
 def fmt_interval(entry: dict) -> str:
-    """``0.930 (0.880-0.960)``: the value and its 95 % interval."""
+    """``0.930 (0.880-0.960)``: the value and its 95 % interval; ``1.000 (interval unreliable:
+    undefined in 36 % of resamples)`` where it rests on too few patients of a class (the row's
+    n and positives say how few)."""
     if math.isnan(entry["value"]):
         return "n/a"
+    if interval_problem(entry):
+        return f"{fmt(entry['value'])} (interval unreliable: undefined in {100 * undefined_share(entry):.0f} % of resamples)"
     return f"{fmt(entry['value'])} ({fmt(entry['low'])}-{fmt(entry['high'])})"
 
 
@@ -57,15 +62,13 @@ def summary_table(summary: list[dict]) -> str:
 
 
 def comparison_table(comparison: dict) -> str:
-    header = ["Source", "Procedure"] + [METRIC_TITLES[m] for m in CLASSIFICATION_METRICS] + ["F1 implied (binary / weighted)"]
+    header = ["Source", "Procedure"] + [METRIC_TITLES[m] for m in CLASSIFICATION_METRICS]
     rows = []
     for entry in comparison["published"] + comparison["ours"]:
         metrics = entry["metrics"]
-        implied = entry.get("implied_f1")
         rows.append(
             [entry["source"], entry["title"]]
             + [fmt(metrics.get(m)) if m in metrics else "not reported" for m in CLASSIFICATION_METRICS]
-            + [f"{fmt(implied['binary'])} / {fmt(implied['weighted'])}" if implied else ""]
         )
     return _table(header, rows)
 
@@ -103,19 +106,35 @@ def router_lines(routers: dict) -> list[str]:
     ]
 
 
+def recipe_lines(recipe: dict | None) -> list[str]:
+    """The recipe that trained every model, in words: what tells two runs of one dataset apart."""
+    if not recipe:
+        return []
+    size = "the cache's" if recipe["size"] is None else f"{recipe['size']} px"
+    return [
+        f"Recipe **{recipe['name']}**: backbone {recipe['backbone']}, {recipe['loss']}, decision threshold "
+        f"{recipe['threshold']}, peak lr {recipe['lr']:g}, {recipe['epochs']} epochs, input size {size}."
+    ]
+
+
 def markdown(report: dict) -> str:
     experiment = report["experiment"]
     results, summary = report["results"], report["summary"]
+    recipe = experiment.get("recipe")  # reports written before recipes were named have none
     by_task = lambda rows, task: [row for row in rows if row["task"] == task]  # noqa: E731
     by_scope = lambda rows, scopes: [row for row in rows if row["scope"] in scopes]  # noqa: E731
     parts = [
-        "# ROI-aware benign/malignant classification",
+        "# ROI-aware benign/malignant classification" + (f": {recipe['name']} recipe" if recipe else ""),
+        *recipe_lines(recipe),
         f"Manifest `{experiment['manifest']}`, encoder `{experiment['init']}`, seeds {experiment['seeds']}, "
         f"router: {experiment['router']}, small groups: {experiment['small_groups']}.",
         f"Procedures marked [{ANNOTATION_WARNING}] route or score each test image by its annotated ROI: "
         "a deployed model never has that information. The deployable procedure routes by a model trained "
         "on the training split. Threshold metrics count each image's decision at the threshold of the model "
-        "that scored it; AUCs rank the merged scores. Intervals: patient-level bootstrap, 95 %.",
+        "that scored it; AUCs rank the merged scores. Intervals: patient-level bootstrap, 95 %; where more than "
+        f"{100 * UNRELIABLE_UNDEFINED_SHARE:g} % of the resamples left a metric undefined (too few malignant or benign "
+        "patients), its interval is marked unreliable instead of given. F(Se, Sp) is the harmonic mean of sensitivity "
+        "and specificity, the paper's F-score.",
         "## The data before any model",
         "\n".join(composition_lines(report["data"])),
     ]
@@ -125,8 +144,9 @@ def markdown(report: dict) -> str:
         parts += [
             "## Beside the paper (merged test set)",
             f"{comparison['citation']}. Published test set (Table {published['table']}): {published['n']} images, "
-            f"{published['positives']} malignant. The paper reports no intervals and no AUC; the last column is the "
-            "F1 its own sensitivity and specificity imply on its test set (binary and support-weighted).",
+            f"{published['positives']} malignant. The paper reports no intervals, no F1 and no AUC. "
+            + comparison.get("f_score", "")
+            + f" Its F-score stands in column {METRIC_TITLES['f_sens_spec']}, beside ours.",
             comparison_table(comparison),
         ]
     for title, scopes in (("Merged test set", ("merged",)), ("Per view", VIEW_NAMES)):

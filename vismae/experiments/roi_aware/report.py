@@ -4,8 +4,8 @@
 Built from the experiment folder alone (each seed's predictions.csv and outcome.json and the
 folder's data.json), so it can be rebuilt at any time without training.
 
-Threshold metrics (sensitivity, specificity, F1, accuracy) count each image's decision, made
-at the threshold of the model that scored it; ranking metrics (ROC AUC, PR AUC) rank the
+Threshold metrics (sensitivity, specificity, F1, the paper's F-score ``f_sens_spec``, accuracy)
+count each image's decision, made at the threshold of the model that scored it; ranking metrics (ROC AUC, PR AUC) rank the
 scores themselves, pooled across the models a procedure merges, as the paper merges them.
 """
 
@@ -20,20 +20,24 @@ from pathlib import Path
 import pandas as pd
 
 from vismae.data.manifest import VIEW_NAMES
+from vismae.engine.finetune_config import fixed_threshold
 from vismae.experiments.roi_aware import paper_numbers
-from vismae.experiments.roi_aware.experiment import OUTCOME_FILE, PREDICTIONS_FILE, seed_dir
 from vismae.experiments.roi_aware.config import RoiAwareConfig
+from vismae.experiments.roi_aware.layout import DATA_FILE, OUTCOME_FILE, PREDICTIONS_FILE, REPORT_DIR, seed_dir
 from vismae.experiments.roi_aware.markdown import markdown
 from vismae.experiments.roi_aware.rules import PROCEDURES, procedure_label
 from vismae.io import atomic_path, write_json, write_text
 from vismae.metrics import CLASSIFICATION_METRICS, metrics_with_ci, summarize_folds
 
-THRESHOLD_METRICS = ("sensitivity", "specificity", "f1", "accuracy")
+THRESHOLD_METRICS = ("sensitivity", "specificity", "f1", "f_sens_spec", "accuracy")
 RANKING_METRICS = ("roc_auc", "pr_auc")
 SCOPES = ("merged",) + VIEW_NAMES
-REPORT_DIR = "report"
-DATA_FILE = "data.json"
 BOOTSTRAP_SEED = 0
+BALANCE_WORDS = {
+    "weighted_loss": "class-weighted cross-entropy",
+    "sampler": "cross-entropy, classes drawn equally often",
+    "none": "plain cross-entropy",
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -71,11 +75,18 @@ def scored_metrics(table: pd.DataFrame, n_boot: int) -> dict:
     ranked = metrics_with_ci(target, table["score"].to_numpy(dtype=float), patients, 0.5, n_boot, BOOTSTRAP_SEED)
     metrics = {name: _interval(decided[name]) for name in THRESHOLD_METRICS}
     metrics.update({name: _interval(ranked[name]) for name in RANKING_METRICS})
-    return {"n": decided["n"], "positives": decided["positives"], "patients": decided["patients"], "metrics": metrics}
+    counts = {key: decided[key] for key in ("n", "positives", "negatives", "patients")}
+    return {**counts, "metrics": metrics}
+
+
+# What an interval rests on, kept with it: the resamples where its metric was undefined, how
+# many there were, and the positives and negatives of the data (vismae.metrics.interval_problem).
+INTERVAL_BASIS = ("undefined", "n_boot", "n_positive", "n_negative")
 
 
 def _interval(entry: dict) -> dict:
-    return {"value": float(entry["value"]), "low": float(entry["low"]), "high": float(entry["high"])}
+    interval = {"value": float(entry["value"]), "low": float(entry["low"]), "high": float(entry["high"])}
+    return {**interval, **{key: int(entry[key]) for key in INTERVAL_BASIS}}
 
 
 def result_rows(predictions: pd.DataFrame, n_boot: int) -> list[dict]:
@@ -124,11 +135,13 @@ def seed_summary(results: list[dict]) -> list[dict]:
 
 
 def flat_row(row: dict) -> dict:
-    """A result entry as one CSV row: ``metric``, ``metric_low``, ``metric_high`` columns."""
+    """A result entry as one CSV row: ``metric``, ``metric_low``, ``metric_high`` and
+    ``metric_undefined`` (resamples without a value) columns; the positives and negatives the
+    intervals rest on are the row's own columns."""
     flat = {key: value for key, value in row.items() if key != "metrics"}
     for name, entry in row["metrics"].items():
-        for part, value in entry.items():
-            flat[name if part == "value" else f"{name}_{part}"] = value
+        for part in ("value", "low", "high", "undefined"):
+            flat[name if part == "value" else f"{name}_{part}"] = entry.get(part)
     return flat
 
 
@@ -136,9 +149,11 @@ def flat_row(row: dict) -> dict:
 # Beside the paper.
 
 
-def paper_comparison(dataset: str | None, results: list[dict], summary: list[dict]) -> dict | None:
+def paper_comparison(dataset: str | None, results: list[dict], summary: list[dict], recipe: str = "") -> dict | None:
     """The paper's tables for the dataset, and ours on the merged test set (the mean across
-    seeds when there are several) for the procedures they correspond to."""
+    seeds when there are several) for the procedures they correspond to. The paper's F-score
+    stands in ``f_sens_spec`` (the harmonic mean of sensitivity and specificity), the metric it
+    is; the paper reports no F1."""
     if dataset is None:
         return None
     test_set = paper_numbers.TEST_SETS[dataset]
@@ -155,7 +170,6 @@ def paper_comparison(dataset: str | None, results: list[dict], summary: list[dic
                     "title": procedure_label(procedure),
                     "uses_test_annotations": PROCEDURES[procedure].uses_test_annotations,
                     "metrics": dict(numbers),
-                    "implied_f1": paper_numbers.implied_f1(numbers, test_set),
                 }
             )
     several = len({row["seed"] for row in results}) > 1
@@ -169,12 +183,14 @@ def paper_comparison(dataset: str | None, results: list[dict], summary: list[dic
             metrics = {metric: value["value"] for metric, value in entry["metrics"].items()} if entry else None
         if metrics is not None:
             ours.append(
-                {"source": "ours" + (" (mean across seeds)" if several else ""), "procedure": name, "title": procedure_label(name),
+                {"source": "ours" + (f", {recipe} recipe" if recipe else "") + (" (mean across seeds)" if several else ""),
+                 "procedure": name, "title": procedure_label(name),
                  "uses_test_annotations": PROCEDURES[name].uses_test_annotations, "metrics": metrics}
             )  # fmt: skip
     return {
         "dataset": dataset,
         "citation": paper_numbers.CITATION,
+        "f_score": paper_numbers.F_SCORE_DEFINITION,
         "published_test_set": {"table": test_set.table, "n": test_set.n, "positives": test_set.positives},
         "published": published,
         "ours": ours,
@@ -203,12 +219,14 @@ def build_report(config: RoiAwareConfig) -> Path:
 
     out = Path(config.output_dir)
     predictions, outcomes = load_predictions(config)
-    results = result_rows(predictions, config.finetune.eval.n_boot)
-    summary = seed_summary(results) if len(config.seeds) > 1 else []
+    # Every row names its recipe, so the CSVs of two runs concatenate into one comparison.
+    results = [{"recipe": config.recipe, **row} for row in result_rows(predictions, config.finetune.eval.n_boot)]
+    summary = [{"recipe": config.recipe, **row} for row in seed_summary(results)] if len(config.seeds) > 1 else []
     report = {
         "experiment": {
             "manifest": config.manifest,
             "init": config.init,
+            "recipe": recipe_description(config),
             "seeds": list(config.seeds),
             "router": config.router.kind,
             "small_groups": dataclasses.asdict(config.small_groups),
@@ -221,7 +239,7 @@ def build_report(config: RoiAwareConfig) -> Path:
         "routers": {str(outcome["seed"]): outcome["router"] for outcome in outcomes},
         "results": results,
         "summary": summary,
-        "paper": paper_comparison(config.paper, results, summary),
+        "paper": paper_comparison(config.paper, results, summary, config.recipe),
     }
     folder = out / REPORT_DIR
     write_json(folder / "results.json", json_safe(report))
@@ -230,11 +248,27 @@ def build_report(config: RoiAwareConfig) -> Path:
         write_csv(pd.DataFrame([_flat_summary(row, metric) for row in summary for metric in row["metrics"]]), folder / "summary.csv")
     if report["paper"]:
         entries = report["paper"]["published"] + report["paper"]["ours"]
-        flat = [{**_without(entry, "metrics", "implied_f1"), **entry["metrics"]} for entry in entries]
+        flat = [{**_without(entry, "metrics"), **entry["metrics"]} for entry in entries]
         write_csv(pd.DataFrame(flat), folder / "paper_comparison.csv")
     write_text(folder / "results.md", markdown(report))
     plot_roc(predictions, folder / "roc.png")
     return folder
+
+
+def recipe_description(config: RoiAwareConfig) -> dict:
+    """The recipe's name and the settings that tell recipes apart: what the loss balances,
+    where the decision threshold comes from, the optimizer's peak lr, epochs, input size."""
+    recipe = config.finetune
+    fixed = fixed_threshold(recipe.eval.threshold_rule)
+    return {
+        "name": config.recipe,
+        "backbone": recipe.model.backbone,
+        "loss": BALANCE_WORDS[recipe.train.balance],
+        "threshold": f"fixed at {fixed:g}" if fixed is not None else f"{recipe.eval.threshold_rule}, chosen on validation",
+        "lr": recipe.train.lr,
+        "epochs": recipe.train.epochs,
+        "size": recipe.data.size,
+    }
 
 
 def json_safe(value):

@@ -11,13 +11,15 @@ import pytest
 
 from vismae.data.cache import prepare
 from vismae.data.manifest import read_manifest, write_manifest
-from vismae.synthetic import make_phantom
 from vismae.data.sources import read_dataset
+from vismae.synthetic import make_phantom
 from vismae.demo import DemoSettings
 from vismae.engine.finetune import finetune
 from vismae.engine.finetune_config import load_finetune_config
+from vismae.shipped_configs import shipped_config
 
-REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow  # minutes: 200 phantom patients, prepared, then two finetunings
+
 DEMO = DemoSettings()
 
 
@@ -37,7 +39,7 @@ def phantom_cache(cache_folder):
 
 
 def demo_run(task: str, frame, run_dir: Path):
-    config = load_finetune_config(REPO / "configs" / "finetune" / f"demo-{task}.yaml", ["eval.n_boot=200"])
+    config = load_finetune_config(shipped_config("finetune", f"demo-{task}.yaml"), ["eval.n_boot=200"])
     return finetune(frame, "random:tiny", task, config, run_dir)
 
 
