@@ -45,8 +45,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--precision", default="fp32", choices=sorted(AUTOCAST_DTYPES))
     parser.add_argument("--decoder", default="mirror", choices=sorted(DECODERS))
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument(
+        "--compile-backend",
+        default="inductor",
+        help="torch.compile backend (aot_eager traces the same graphs without generating kernels: a quick check)",
+    )
+    parser.add_argument(
+        "--window", type=int, default=None, help="attention window (default: the preset's); the sparse path needs "
+        "every stage's map to tile into windows, e.g. 12 at 384 px, 8 at 512 px"
+    )
+    parser.add_argument("--label", default=None, help="a name for this measurement, repeated in the JSON line")
     parser.add_argument("--grad-checkpointing", action="store_true")
-    parser.add_argument("--sparse", action="store_true", help="encode the visible tokens only (vismae.models.sparse_swin)")
+    parser.add_argument(
+        "--sparse", action="store_true", help="encode the visible tokens only (vismae.models.sparse_swin)"
+    )
     parser.add_argument(
         "--mask-unit-px",
         type=int,
@@ -159,16 +171,18 @@ def main(argv=None) -> int:
     flush_denormal = device.type == "cpu" and not args.keep_denormals and torch.set_flush_denormal(True)
     torch.manual_seed(0)
 
-    masking = {"mask_unit_px": args.mask_unit_px} if args.mask_unit_px else {}
-    if args.sparse and not args.mask_unit_px:  # the smallest unit the sparse encoder takes
-        masking["mask_unit_px"] = encoder_config(args.preset, args.size).total_stride
-    model = build_mae(args.preset, args.size, decoder=args.decoder, sparse=args.sparse, **masking).to(device).train()
+    overrides = {"window_size": args.window} if args.window else {}
+    if args.mask_unit_px:
+        overrides["mask_unit_px"] = args.mask_unit_px
+    elif args.sparse:  # the smallest unit the sparse encoder takes
+        overrides["mask_unit_px"] = encoder_config(args.preset, args.size).total_stride
+    model = build_mae(args.preset, args.size, decoder=args.decoder, sparse=args.sparse, **overrides).to(device).train()
     mask_unit_px = model.config.mask_unit_px
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
     # The VIS-MAE pretraining optimizer; timm keeps norms, biases and no_weight_decay() names undecayed.
     optimizer = create_optimizer_v2(model, "adamw", lr=1e-3, weight_decay=0.05, betas=(0.9, 0.95))
-    forward = torch.compile(model) if args.compile else model
+    forward = torch.compile(model, backend=args.compile_backend) if args.compile else model
     autocast_dtype = AUTOCAST_DTYPES[args.precision]
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
     images = torch.rand(args.batch, 1, *args.size, device=device)
@@ -208,6 +222,7 @@ def main(argv=None) -> int:
     peak, peak_source = peak_tflops(device, args.precision, args.peak_tflops)
     result = {
         "benchmark": "pretrain",
+        "label": args.label,
         "images_per_s": round(images_per_s, 3),
         # Forward + backward per image as torch's FlopCounterMode counts them (matmuls,
         # convolutions, attention), so dense and sparse are counted alike.
@@ -234,7 +249,8 @@ def main(argv=None) -> int:
             "decoder": args.decoder,
             "sparse": args.sparse,
             "mask_unit_px": mask_unit_px,
-            "compile": args.compile,
+            "compile": args.compile_backend if args.compile else False,
+            "window_size": model.config.encoder.window_size,
             "grad_checkpointing": args.grad_checkpointing,
             "flush_denormal": flush_denormal,
             "parameters_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),

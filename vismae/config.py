@@ -282,7 +282,11 @@ class ModelSection:
 class DataSection:
     manifests: list[str] = field(default_factory=list)  # prepared caches' manifest.csv files
     size: int | list[int] = 224  # the cache's image size: one side, or [height, width]
-    splits: list[str] = field(default_factory=lambda: ["train", "val", "test"])  # pretraining needs no labels
+    # The manifests' splits pretrained on. Train and val: pretraining needs no labels, but an
+    # encoder that has seen the test images makes every test number transductive. Add test
+    # ([train, val, test]) to pretrain on them too, as an explicit choice; finetuning and the
+    # studies then count and flag the test images the encoder has seen.
+    splits: list[str] = field(default_factory=lambda: ["train", "val"])
     num_workers: int = 4
     # Light augmentation only. Never a horizontal flip: every cached breast touches the left edge.
     vflip_prob: float = 0.0

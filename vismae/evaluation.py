@@ -38,6 +38,7 @@ from vismae.exam_levels import LEVELS, level_table
 from vismae.metrics import bootstrap_ci, choose_threshold, metrics_with_ci
 
 OPERATING_POINT = 0.90  # the fixed specificity (or sensitivity) of the operating points
+FITTED_RULES = ("youden", "sensitivity")  # the threshold rules fitted on validation (vismae.metrics.choose_threshold)
 # The metrics of ``vismae.metrics`` that depend on a decision threshold.
 THRESHOLD_METRICS = ("sensitivity", "specificity", "f1", "f_sens_spec", "accuracy", "threshold")
 NAN = float("nan")
@@ -66,6 +67,14 @@ def _both_classes(y_true: np.ndarray) -> bool:
     return 0 < y_true.sum() < len(y_true)
 
 
+def _sensitivity_at(tpr: np.ndarray, fpr: np.ndarray, specificity: float) -> float:
+    return float(tpr[1 - fpr >= specificity - 1e-12].max())
+
+
+def _specificity_at(tpr: np.ndarray, fpr: np.ndarray, sensitivity: float) -> float:
+    return float((1 - fpr[tpr >= sensitivity - 1e-12]).max())
+
+
 def sensitivity_at_specificity(y_true, score, specificity: float = OPERATING_POINT) -> float:
     """The highest sensitivity among thresholds whose specificity reaches ``specificity``;
     NaN unless both classes are present."""
@@ -73,7 +82,7 @@ def sensitivity_at_specificity(y_true, score, specificity: float = OPERATING_POI
     if not _both_classes(y_true):
         return NAN
     _, tpr, fpr = _roc_points(y_true, score)
-    return float(tpr[1 - fpr >= specificity - 1e-12].max())
+    return _sensitivity_at(tpr, fpr, specificity)
 
 
 def specificity_at_sensitivity(y_true, score, sensitivity: float = OPERATING_POINT) -> float:
@@ -83,7 +92,7 @@ def specificity_at_sensitivity(y_true, score, sensitivity: float = OPERATING_POI
     if not _both_classes(y_true):
         return NAN
     _, tpr, fpr = _roc_points(y_true, score)
-    return float((1 - fpr[tpr >= sensitivity - 1e-12]).max())
+    return _specificity_at(tpr, fpr, sensitivity)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,10 +121,13 @@ def best_binarized_pf1(y_true, probability) -> tuple[float, float]:
     pF1 is F1. Every distinct score is tried; on ties the highest threshold wins. (NaN, NaN)
     without any positive."""
     y_true, probability = np.asarray(y_true, dtype=float), np.asarray(probability, dtype=float)
-    positives = y_true.sum()
-    if positives == 0:
+    if y_true.sum() == 0:
         return NAN, NAN
-    thresholds, tpr, fpr = _roc_points(y_true, probability)
+    return _best_f1(y_true, *_roc_points(y_true, probability))
+
+
+def _best_f1(y_true: np.ndarray, thresholds: np.ndarray, tpr: np.ndarray, fpr: np.ndarray) -> tuple[float, float]:
+    positives = y_true.sum()
     tp = tpr * positives
     fp = fpr * (len(y_true) - positives) if positives < len(y_true) else np.zeros_like(tp)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -143,10 +155,16 @@ def level_numbers(y_true, probability, scaled=None, pf1_threshold: float | None 
     operating points, pF1 (soft, best binarized, at the validation threshold), ECE and Brier,
     and ECE and Brier of the temperature-scaled probabilities ``scaled`` where given."""
     y_true, probability = np.asarray(y_true, dtype=float), np.asarray(probability, dtype=float)
-    best, _ = best_binarized_pf1(y_true, probability)
+    sensitivity = specificity = best = NAN
+    if y_true.sum() > 0:  # one ROC curve for all three (this runs once per bootstrap resample)
+        thresholds, tpr, fpr = _roc_points(y_true, probability)
+        best = _best_f1(y_true, thresholds, tpr, fpr)[0]
+        if _both_classes(y_true):
+            sensitivity = _sensitivity_at(tpr, fpr, OPERATING_POINT)
+            specificity = _specificity_at(tpr, fpr, OPERATING_POINT)
     numbers = {
-        _point_name("sensitivity", "specificity"): sensitivity_at_specificity(y_true, probability),
-        _point_name("specificity", "sensitivity"): specificity_at_sensitivity(y_true, probability),
+        _point_name("sensitivity", "specificity"): sensitivity,
+        _point_name("specificity", "sensitivity"): specificity,
         "pf1": probabilistic_f1(y_true, probability),
         "pf1_best": best,
         "ece": expected_calibration_error(y_true, probability, bins),
@@ -176,11 +194,23 @@ def level_report(table: pd.DataFrame, threshold: float, n_boot: int, seed: int =
         return level_numbers(y, p, s, pf1_threshold, bins)
 
     report.update(bootstrap_ci(numbers, arrays, patients, n_boot=n_boot, seed=seed))
-    report["pf1_best_threshold"] = best_binarized_pf1(y_true, probability)[1]
-    report["reliability"] = reliability_bins(y_true, probability, bins).to_dict("records")
+    report["pf1_best_threshold"] = _none_if_nan(best_binarized_pf1(y_true, probability)[1])
+    report["reliability"] = _records(reliability_bins(y_true, probability, bins))
     if scaled is not None:
-        report["reliability_temperature_scaled"] = reliability_bins(y_true, scaled, bins).to_dict("records")
+        report["reliability_temperature_scaled"] = _records(reliability_bins(y_true, scaled, bins))
     return report
+
+
+def _none_if_nan(value: float) -> float | None:
+    return None if np.isnan(value) else float(value)
+
+
+def _records(table: pd.DataFrame) -> list[dict]:
+    """Table rows as dicts, an empty bin's undefined means as None (JSON has no NaN)."""
+    return [
+        {key: _none_if_nan(value) if isinstance(value, float) else value for key, value in row.items()}
+        for row in table.to_dict("records")
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,7 +236,10 @@ def fit_on_validation(val_images: pd.DataFrame, image_threshold: float, rule: st
         table = level_table(val, level)
         y_true, probability = table["target"].to_numpy(dtype=int), table["probability"].to_numpy(dtype=float)
         if level != "image":
-            if _both_classes(y_true):
+            if rule not in FITTED_RULES:  # a fixed threshold (or the default of a one-class validation set)
+                thresholds[level] = float(image_threshold)
+                notes[level] = f"threshold rule {rule!r} fits nothing; the image threshold is used"
+            elif _both_classes(y_true):
                 thresholds[level] = choose_threshold(y_true, probability, rule, target_sensitivity)
             else:
                 thresholds[level] = float(image_threshold)

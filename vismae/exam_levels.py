@@ -35,8 +35,10 @@ def _check(images: pd.DataFrame, scores: Sequence[str]) -> None:
         raise ValueError(f"the images table lacks columns {missing}; it needs {list(IMAGE_COLUMNS)} and the scores {list(scores)}")
 
 
-def _joined(values: pd.Series) -> str:
-    return "+".join(sorted(set(values.astype(str))))
+def _joined(frame: pd.DataFrame, keys: list[str], column: str) -> pd.Series:
+    """Per group of ``keys``: the distinct values of ``column``, sorted, joined by "+"."""
+    distinct = frame[keys + [column]].astype({column: str}).drop_duplicates().sort_values(column)
+    return distinct.groupby(keys, sort=True)[column].agg("+".join)
 
 
 def breasts(images: pd.DataFrame, scores: Sequence[str] = ("probability",)) -> pd.DataFrame:
@@ -50,8 +52,8 @@ def breasts(images: pd.DataFrame, scores: Sequence[str] = ("probability",)) -> p
         patient_id=("patient_id", "first"),
         **{score: (score, "mean") for score in scores},
         n_views=("image_id", "size"),
-        views=("view", _joined),
     )
+    table["views"] = _joined(frame, ["exam_id", "laterality"], "view")
     if "target" in frame.columns:
         table["target"] = grouped["target"].max()
     return table.reset_index()[_columns(["exam_id", "patient_id", "laterality"], scores, table, ["n_views", "views"])]
@@ -67,8 +69,8 @@ def exams(images: pd.DataFrame, scores: Sequence[str] = ("probability",)) -> pd.
         **{score: (score, "max") for score in scores},
         n_breasts=("laterality", "size"),
         n_views=("n_views", "sum"),
-        breasts=("laterality", _joined),
     )
+    table["breasts"] = _joined(sides, ["exam_id"], "laterality")
     if "target" in sides.columns:
         table["target"] = grouped["target"].max()
     return table.reset_index()[_columns(["exam_id", "patient_id"], scores, table, ["n_breasts", "n_views", "breasts"])]

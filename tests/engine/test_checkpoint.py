@@ -1,7 +1,5 @@
-"""Atomic checkpoints through Accelerate, keeping the newest k, and the exported encoder.
-(Naming, listing and pruning checkpoints: tests/test_run_folder.py.)"""
-
-import json
+"""Atomic checkpoints through Accelerate, keeping the newest k. (Naming, listing and pruning
+checkpoints: tests/test_run_folder.py; the exported encoder: tests/models/test_export.py.)"""
 
 import pytest
 import torch
@@ -11,8 +9,6 @@ from accelerate.state import AcceleratorState, GradientState
 from vismae import run_folder
 from vismae.engine import checkpoint
 from vismae.models.mae import build_mae
-from vismae.models.presets import encoder_config
-from vismae.models.swin import SwinEncoder
 
 
 @pytest.fixture
@@ -63,40 +59,3 @@ def test_save_and_load_restore_model_optimizer_and_rng(tmp_path, accelerator):
     assert all(torch.equal(value, saved_weights[name]) for name, value in model.state_dict().items())
     assert torch.equal(optimizer.state_dict()["state"][0]["exp_avg"], saved_moments)
     assert torch.equal(torch.rand(3), expected_next)  # the RNG continues where it was saved
-
-
-def test_exported_encoder_reloads_with_the_same_weights_and_features(tmp_path):
-    torch.manual_seed(0)
-    encoder = SwinEncoder(encoder_config("tiny", 64, drop_path_rate=0.0)).eval()
-    weights = checkpoint.export_encoder(encoder, tmp_path, {"run": "test", "step": 3})
-    description = json.loads((tmp_path / "encoder.json").read_text())
-    assert description["format"] == "vismae-encoder" and description["version"] == 1
-    assert description["encoder"] == encoder.config.to_dict()
-    assert description["source"] == {"run": "test", "step": 3}
-
-    images = torch.rand(2, 1, 64, 64)
-    for where in (tmp_path, weights, tmp_path / "encoder.json"):
-        loaded = checkpoint.load_exported_encoder(where).eval()
-        assert loaded.config == encoder.config
-        state = loaded.state_dict()
-        assert state.keys() == encoder.state_dict().keys()
-        assert all(torch.equal(state[name], value) for name, value in encoder.state_dict().items())
-        with torch.no_grad():
-            assert torch.equal(loaded(images), encoder(images))
-
-
-def test_a_foreign_or_incomplete_export_is_refused(tmp_path):
-    encoder = SwinEncoder(encoder_config("tiny", 64))
-    checkpoint.export_encoder(encoder, tmp_path, {})
-    description = json.loads((tmp_path / "encoder.json").read_text())
-    (tmp_path / "encoder.json").write_text(json.dumps({**description, "format": "something-else"}))
-    with pytest.raises(ValueError, match="format is 'something-else'"):
-        checkpoint.load_exported_encoder(tmp_path)
-    (tmp_path / "encoder.json").write_text(json.dumps({**description, "version": 99}))
-    with pytest.raises(ValueError, match="version 99"):
-        checkpoint.load_exported_encoder(tmp_path)
-    (tmp_path / "encoder.safetensors").unlink()
-    with pytest.raises(FileNotFoundError, match="encoder.safetensors"):
-        checkpoint.load_exported_encoder(tmp_path)
-    with pytest.raises(ValueError, match="expected an exported encoder"):
-        checkpoint.load_exported_encoder(tmp_path / "weights.pth")

@@ -20,7 +20,10 @@ from vismae.engine.finetune import cross_validate, finetune
 from vismae.engine.finetune_config import load_finetune_config
 from vismae.engine.predict import CLASSIFICATION_COLUMNS, SEGMENTATION_COLUMNS, predict_with_run
 from vismae.engine.train_step import NonFiniteLossError
+from vismae.models.formats.vismae_export import export_encoder, write_pretraining_images
 from vismae.models.heads import SwinClassifier
+from vismae.models.presets import encoder_config
+from vismae.models.swin import SwinEncoder
 from vismae.shipped_configs import shipped_config
 from vismae.synthetic.cache import CacheImage
 
@@ -327,3 +330,28 @@ def test_command_line_runs_end_to_end(cache, tmp_path, capsys):
     assert vismae_main(["finetune", *arguments[:-1], "train.batch_size=4"]) == 2  # another config: refused
     assert "another config" in capsys.readouterr().err
     shutil.rmtree(tmp_path / "cli")
+
+
+def test_test_images_seen_in_pretraining_are_counted_and_marked(frame, tmp_path):
+    # An exported encoder whose pretraining list holds three test images and a training one.
+    encoder_dir = tmp_path / "encoder"
+    export_encoder(SwinEncoder(encoder_config("tiny", SIZE)), encoder_dir, {"run": "test"})
+    tested = frame[(frame["split"] == "test") & (frame["label"] != "normal")]["image_id"].tolist()
+    trained_on = frame[frame["split"] == "train"]["image_id"].tolist()
+    write_pretraining_images(encoder_dir, tested[:3] + trained_on[:1])
+    rows = frame.assign(image_kind="DM")
+    result = finetune(rows, str(encoder_dir), "classify", config_for(**{"train.epochs": 1}), tmp_path / "seen")
+
+    assert result.metrics["test_images_seen_in_pretraining"] == 3
+    assert json.loads((result.run_dir / "metrics.json").read_text())["test_images_seen_in_pretraining"] == 3
+    lines = finetune_module.summary_lines(result)
+    assert any(line.startswith("WARNING: the encoder") and "3 of the 16 test images" in line for line in lines)
+    assert any(line.startswith("  test (n=16) [3 SEEN IN PRETRAINING]:") for line in lines)
+    assert not any(line.startswith("  val") and "SEEN" in line for line in lines)
+    # The run's copy of its rows keeps every manifest column, image_kind included.
+    assert set(read_manifest(result.run_dir / "manifest.csv")["image_kind"]) == {"DM"}
+
+    # An init that lists nothing (random weights) says nothing.
+    plain = finetune(frame, "random:tiny", "classify", config_for(**{"train.epochs": 1}), tmp_path / "plain")
+    assert "test_images_seen_in_pretraining" not in plain.metrics
+    assert not any("SEEN" in line for line in finetune_module.summary_lines(plain))

@@ -18,7 +18,9 @@ from vismae.config import ConfigError, load_pretrain_config, to_dict
 from vismae.engine import checkpoint
 from vismae.engine.pretrain import build_model, run
 from vismae.engine.train_step import NonFiniteLossError
+from vismae.models.formats.vismae_export import PRETRAINING_IMAGES, images_seen_in_pretraining, load_exported_encoder
 from vismae.models.mae import SwinMAE
+from vismae.synthetic.cache import CacheImage
 
 
 def load_entry_point():
@@ -96,7 +98,7 @@ def test_the_run_folder_holds_everything(trained):
 @pytest.mark.slow
 def test_the_exported_encoder_is_the_trained_one(trained):
     model_weights = final_weights(trained)
-    encoder = checkpoint.load_exported_encoder(trained).eval()
+    encoder = load_exported_encoder(trained).eval()
     for name, value in encoder.state_dict().items():
         assert torch.equal(value, model_weights[f"encoder.{name}"]), name
 
@@ -116,8 +118,8 @@ def test_init_starts_the_encoder_from_trained_weights(tmp_path, manifest, traine
     # max_steps=0: set up, load the starting weights, export them again untouched.
     init = trained / source
     run_dir = run(tiny_config(manifest, tmp_path / "run", **{"init": str(init), "train.max_steps": 0}))
-    started = checkpoint.load_exported_encoder(run_dir).state_dict()
-    source = checkpoint.load_exported_encoder(trained).state_dict()
+    started = load_exported_encoder(run_dir).state_dict()
+    source = load_exported_encoder(trained).state_dict()
     assert all(torch.equal(started[name], value) for name, value in source.items())
 
 
@@ -223,3 +225,49 @@ def test_the_entry_point_reports_bad_input_in_one_line(tmp_path, capsys):
     code = load_entry_point().main(["--config", str(TINY_CONFIG), "train.batch_size=many", f"output_dir={tmp_path}"])
     assert code == 2
     assert "train.batch_size: expected an integer, got 'many'" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def split_cache(synthetic_cache):
+    """8 images of 4 patients: two train, one val, one test."""
+    images = [
+        CacheImage(f"q{patient}", view=view, split=("train", "train", "val", "test")[patient])
+        for patient in range(4)
+        for view in ("CC", "MLO")
+    ]
+    return synthetic_cache(images)
+
+
+def test_pretraining_sees_no_test_image_unless_asked_and_lists_what_it_saw(tmp_path, split_cache):
+    # max_steps=0: set up, record the images, export; no training needed to check what was read.
+    quick = {"train.max_steps": 0, "train.batch_size": 2, "log.recon_every_epochs": 0}
+    test_images = ["q3_LCC", "q3_LMLO"]
+    default = run(tiny_config(split_cache, tmp_path / "default", **quick))
+    listed = (default / PRETRAINING_IMAGES).read_text().split()
+    assert listed[0] == "image_id" and sorted(listed[1:]) == ["q0_LCC", "q0_LMLO", "q1_LCC", "q1_LMLO", "q2_LCC", "q2_LMLO"]
+    source = json.loads((default / "encoder.json").read_text())["source"]
+    assert source["pretraining_splits"] == ["train", "val"] and source["pretraining_images"] == 6
+    # Every form of init finds the list: the run folder, the exported files, a checkpoint.
+    for init in (default, default / "encoder.safetensors", default / "encoder.json", default / "checkpoints" / "step_0000000"):
+        assert images_seen_in_pretraining(init, test_images) == 0, init
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+    transductive = run(tiny_config(split_cache, tmp_path / "all", **quick, **{"data.splits": "[train,val,test]"}))
+    assert images_seen_in_pretraining(transductive, test_images) == 2
+    assert json.loads((transductive / "encoder.json").read_text())["source"]["pretraining_images"] == 8
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+    # Pretraining further from those weights keeps what they had seen.
+    continued = run(tiny_config(split_cache, tmp_path / "continued", **quick, **{"init": str(transductive / "encoder.safetensors")}))
+    assert images_seen_in_pretraining(continued, test_images) == 2
+
+
+def test_resuming_a_run_that_saw_test_images_says_how_to_continue_it(tmp_path, split_cache):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    old = tiny_config(split_cache, run_dir, **{"data.splits": "[train,val,test]"}).with_absolute_paths()
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(old)))
+    with pytest.raises(ConfigError, match=re.escape("pass data.splits=[train,val,test]")):
+        run(tiny_config(split_cache, run_dir))

@@ -11,9 +11,13 @@ from safetensors import safe_open
 from vismae.models.formats.vismae_export import (
     ENCODER_CONFIG,
     ENCODER_WEIGHTS,
+    PRETRAINING_IMAGES,
     export_encoder,
+    images_seen_in_pretraining,
     is_export,
     load_exported_encoder,
+    pretraining_images,
+    write_pretraining_images,
 )
 from vismae.models.presets import encoder_config
 from vismae.models.swin import SwinEncoder
@@ -59,3 +63,28 @@ def test_a_foreign_or_incomplete_export_is_refused(tmp_path):
         load_exported_encoder(tmp_path)
     with pytest.raises(ValueError, match="expected an exported encoder"):
         load_exported_encoder(tmp_path / "weights.pth")
+
+
+def test_the_pretraining_image_list_is_found_beside_every_form_of_init(tmp_path):
+    run_dir = tmp_path / "run"
+    write_pretraining_images(run_dir, ["a", "b", "c"])
+    checkpoint = run_dir / "checkpoints" / "step_0000012"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "model.safetensors").write_bytes(b"")
+    (run_dir / ENCODER_WEIGHTS).write_bytes(b"")
+    for init in (run_dir, str(run_dir / ENCODER_WEIGHTS), checkpoint, checkpoint / "model.safetensors"):
+        assert pretraining_images(init) == ["a", "b", "c"], init
+    assert images_seen_in_pretraining(run_dir, ["c", "c", "d"]) == 1  # an image counts once
+
+    # No list to be found: a random init, a missing path, foreign weights in a folder without one.
+    elsewhere = tmp_path / "foreign"
+    elsewhere.mkdir()
+    (elsewhere / "swin.safetensors").write_bytes(b"")
+    for init in ("random:tiny", "random", None, tmp_path / "missing", elsewhere / "swin.safetensors"):
+        assert pretraining_images(init) is None and images_seen_in_pretraining(init, ["a"]) is None, init
+
+
+def test_a_pretraining_image_list_without_its_header_is_refused(tmp_path):
+    (tmp_path / PRETRAINING_IMAGES).write_text("path\nx.png\n")
+    with pytest.raises(ValueError, match=r"pretraining_images.csv: expected one column named 'image_id'"):
+        pretraining_images(tmp_path)

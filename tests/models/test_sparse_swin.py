@@ -169,6 +169,12 @@ def test_a_wholly_masked_window_is_skipped_and_the_rest_still_match():
     torch.testing.assert_close(sparse.features, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_a_wholly_masked_batch_encodes_to_no_rows():
+    encoder = build("tiny", SparseSwinEncoder)
+    visible = encoder.forward_visible(torch.rand(2, 1, 64, 64), torch.ones(2, 16, 16, dtype=torch.bool))
+    assert visible.features.shape == (0, 192) and not visible.packing.visible.any()
+
+
 def test_partly_visible_windows_are_compacted_batched_and_padded():
     # 8 x 8 tokens, windows of 4 (2 x 2 units of 2 tokens); 0 = visible unit. Windows hold
     # 8 (top left), 4 (top right), 12 (bottom left) and 16 (bottom right) visible tokens.
@@ -269,7 +275,8 @@ def test_a_sparse_mae_step_trains_the_encoder_through_either_decoder(decoder):
     grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
     # The loss on masked pixels must depend on what the encoder saw (the light decoder alone
     # would predict masked pixels from the mask token only).
-    for name in ("encoder.patch_embed.proj.weight", "encoder.layers.3.blocks.1.mlp.fc2.weight", "latent_grid.mask_token"):
+    trained = ("encoder.patch_embed.proj.weight", "encoder.layers.3.blocks.1.mlp.fc2.weight", "latent_grid.mask_token")
+    for name in trained:
         assert grads[name].abs().sum() > 0, name
     assert "encoder.mask_token" not in grads
     assert ("latent_grid.mixer.attn.qkv.weight" in grads) == (decoder == "light")

@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vismae import __version__
-    from vismae.engine.checkpoint import ENCODER_CONFIG, export_encoder
+    from vismae.models.formats.vismae_export import ENCODER_CONFIG, export_encoder, pretraining_images, write_pretraining_images
     from vismae.models.weights import load_encoder_with_report
 
     destination = Path(args.dst)
@@ -54,7 +54,14 @@ def run(args: argparse.Namespace) -> int:
         source.update(file=report.file, sha256=_sha256(Path(report.file)))
     if report.notes:
         source["notes"] = report.notes
+    # The images the source was pretrained on travel with it, so that finetuning from the
+    # converted encoder can still tell which test images it has seen.
+    seen = pretraining_images(args.src)
+    if seen is not None:
+        source["pretraining_images"] = len(seen)
     export_encoder(encoder, destination, source)
+    if seen is not None:
+        write_pretraining_images(destination, seen)
     print(json.dumps({**report.summary(), "output": str(destination)}))
     return 0
 

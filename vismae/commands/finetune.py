@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from vismae.engine.finetune import run as run_finetune
     from vismae.engine.finetune import summary_lines
     from vismae.engine.finetune_config import load_finetune_config
-    from vismae.engine.pretrain_loop import NonFiniteLossError
+    from vismae.engine.train_step import NonFiniteLossError
 
     if args.folds == 1 or args.folds < 0:
         raise ValueError(f"--folds must be 0 (one run) or at least 2, got {args.folds}")

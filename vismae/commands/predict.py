@@ -57,7 +57,9 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
     parser.add_argument("--salt", help="DICOM folder: the secret keying the hashed ids (default: a one-off salt)")
     parser.add_argument("--salt-file", help="DICOM folder: file holding the salt, drawn there on first use; keep it private")
-    parser.add_argument("--roi-seed", type=int, default=None, help="roi-aware model: the training seed whose models predict (default: the first)")
+    parser.add_argument(
+        "--roi-seed", type=int, default=None, help="roi-aware model: the training seed whose models predict (default: the first)"
+    )
     parser.add_argument("--keep-prepared", action="store_true", help="keep the prepared images under OUT/prepared")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
     from vismae.config import load_pretrain_config
     from vismae.engine.pretrain import run as run_pretrain
-    from vismae.engine.pretrain_loop import NonFiniteLossError
+    from vismae.engine.train_step import NonFiniteLossError
 
     config = load_pretrain_config(args.config, args.overrides)
     try:

@@ -38,6 +38,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {spec.name:40s} {run_state(plan.folder / RUNS_DIR / spec.name)}")
         return 0
     outcome = run_sweep(config, shard)
-    print(f"ran {len(outcome.ran)}, already finished {len(outcome.skipped)}, failed {len(outcome.failed)}")
+    print(
+        f"ran {len(outcome.ran)}, already finished {len(outcome.skipped)}, failed {len(outcome.failed)}, "
+        f"left to the processes training them {len(outcome.in_use)}"
+    )
     print(f"report: {outcome.folder / 'report'}")
     return 1 if outcome.failed else 0

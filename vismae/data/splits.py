@@ -61,7 +61,7 @@ def patient_strata(frame: pd.DataFrame, stratify: str | None = "label") -> pd.Se
     return most_severe_labels(patients, frame["label"])
 
 
-def _shuffled_strata(frame: pd.DataFrame, seed: int, stratify: str | None) -> list[np.ndarray]:
+def _shuffled_strata(frame: pd.DataFrame, seed: int | list[int], stratify: str | None) -> list[np.ndarray]:
     """One seeded random order of patients per stratum, most severe stratum first."""
     strata = patient_strata(frame, stratify)
     order = SEVERITY if stratify == "label" else ("all",)
@@ -253,27 +253,42 @@ def label_fractions(
     fractions=LABEL_FRACTIONS,
     seed: int = 0,
     stratify: str | None = "label",
+    shrink=("train",),
 ) -> dict[float, pd.DataFrame]:
-    """Nested, stratified, patient-grouped subsets of the training rows, one per fraction.
+    """Nested, stratified, patient-grouped subsets of the rows of the ``shrink`` splits (the
+    training rows by default), one per fraction.
 
-    Each stratum's training patients get one seeded order, and fraction f keeps the first
-    ``round(f * n)`` of them (at least one), so a larger fraction always contains a smaller
-    one's patients and every class keeps its share of the full training set. Each value is a
-    manifest: the kept training rows plus every val and test row, unchanged.
+    Each stratum's patients of each shrinking split get one seeded order, and fraction f keeps
+    the first ``round(f * n)`` of them (at least one), so a larger fraction always contains a
+    smaller one's patients and every class keeps its share. Each value is a manifest: the kept
+    rows of the shrinking splits plus every row of the others, unchanged.
+
+    ``shrink=("train", "val")`` draws validation patients the same way, with an order of their
+    own, so that a fraction of the labels means a fraction of those that train and of those that
+    choose the epoch and threshold. The training draw is the same whatever ``shrink`` holds.
     """
     fractions = _check_label_fractions(fractions)
+    unknown = sorted(set(shrink) - set(SPLITS))
+    if unknown or "train" not in shrink:
+        raise ValueError(f"label fractions shrink train and optionally val or test, got {list(shrink)}")
     frame = _checked(frame)
-    is_train = frame["split"].to_numpy() == "train"
-    if not is_train.any():
+    split = frame["split"].to_numpy()
+    if not (split == "train").any():
         raise ValueError("the manifest has no training rows to draw label fractions from")
-    strata = _shuffled_strata(frame.iloc[np.flatnonzero(is_train)], seed, stratify)
+    # Training keeps the seed itself (the draws of sweeps made before validation shrank); each
+    # other split its own stream.
+    strata = {
+        name: _shuffled_strata(frame.iloc[np.flatnonzero(split == name)], seed if name == "train" else [seed, SPLITS.index(name)], stratify)
+        for name in SPLITS
+        if name in shrink and (split == name).any()
+    }
+    patient = frame["patient_id"].to_numpy()
     subsets = {}
     for fraction in fractions:
-        kept = set()
-        for patients in strata:
-            take = min(len(patients), max(1, _round_half_up(fraction * len(patients))))
-            kept.update(patients[:take])
-        keep = ~is_train | frame["patient_id"].isin(kept).to_numpy()
+        keep = ~np.isin(split, list(strata))
+        for name, orders in strata.items():
+            kept = [order[: min(len(order), max(1, _round_half_up(fraction * len(order))))] for order in orders]
+            keep |= (split == name) & np.isin(patient, np.concatenate(kept))
         subsets[fraction] = frame.iloc[np.flatnonzero(keep)].copy()
     return subsets
 

@@ -19,18 +19,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vismae.io import write_json
-
-# The exported encoder's format lives with the models; its names stay importable from here for
-# code written against earlier versions.
-from vismae.models.formats.vismae_export import (  # noqa: F401
-    ENCODER_CONFIG,
-    ENCODER_FORMAT,
-    ENCODER_FORMAT_VERSION,
-    ENCODER_WEIGHTS,
-    export_encoder,
-    load_exported_encoder,
-    read_exported_encoder,
-)
 from vismae.run_folder import STATE_FILE, checkpoint_name, prune_checkpoints, temporary_checkpoint
 
 

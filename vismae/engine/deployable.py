@@ -28,6 +28,7 @@ import pandas as pd
 from vismae.config import read_yaml
 from vismae.engine.predict import MODEL_CONFIG, MODEL_WEIGHTS, THRESHOLD_FILE, load_model
 from vismae.evaluation import fit_on_validation, with_exam_columns
+from vismae.models.backbones import image_size_of
 
 DEPLOYMENT_FILE = "deployment.json"
 DEPLOYMENT_FORMAT = "vismae-exported-model"
@@ -53,7 +54,7 @@ class Deployable:
 
     @property
     def input_size(self) -> tuple[int, int]:
-        return tuple(self.description["encoder"]["img_size"])
+        return image_size_of(self.description)
 
     @property
     def image_threshold(self) -> float | None:
@@ -132,10 +133,12 @@ def _read_run(folder: Path) -> Deployable:
         threshold = json.loads(threshold_path.read_text())
     preprocessing, where = training_preprocessing(folder, config)
     if preprocessing is None:
-        notes.append(f"the training cache's {PREPARE_FILE} was not found ({where}); raw images cannot be prepared as the training images were")
+        notes.append(
+            f"the training cache's {PREPARE_FILE} was not found ({where}); raw images cannot be prepared as the training images were"
+        )
     fitted = None
     if threshold is not None:
-        fitted, note = fit_run_validation(folder, config, threshold["threshold"])
+        fitted, note = fit_run_validation(folder, config, threshold)
         if note:
             notes.append(note)
     training = {"run": folder.name, "init": config.get("init"), "task": description["task"]}
@@ -162,8 +165,9 @@ def training_preprocessing(run_dir: Path, config: dict) -> tuple[dict | None, st
     return None, ", ".join(str(c) for c in candidates) or "no cache named by the run"
 
 
-def fit_run_validation(run_dir: Path, config: dict, image_threshold: float) -> tuple[dict | None, str]:
-    """``fit_on_validation`` of the run's validation predictions, or (None, why not)."""
+def fit_run_validation(run_dir: Path, config: dict, threshold: dict) -> tuple[dict | None, str]:
+    """``fit_on_validation`` of the run's validation predictions (as ``vismae.engine.level_metrics``
+    fitted them for the run's metrics.json), or (None, why not)."""
     predictions, manifest = run_dir / "predictions.csv", run_dir / "manifest.csv"
     if not predictions.is_file() or not manifest.is_file():
         return None, "no predictions.csv or manifest.csv: breast and exam decisions use the image threshold"
@@ -173,7 +177,6 @@ def fit_run_validation(run_dir: Path, config: dict, image_threshold: float) -> t
         return None, "no validation predictions: breast and exam decisions use the image threshold"
     rows = pd.read_csv(manifest, dtype=str, keep_default_na=False, usecols=["image_id", "study_id"])
     settings = config.get("eval") or {}
-    fitted = fit_on_validation(
-        with_exam_columns(val, rows), image_threshold, settings.get("threshold_rule", "youden"), settings.get("target_sensitivity", 0.9)
-    )
+    rule = threshold.get("rule", settings.get("threshold_rule", "youden"))
+    fitted = fit_on_validation(with_exam_columns(val, rows), threshold["threshold"], rule, settings.get("target_sensitivity", 0.9))
     return fitted, ""

@@ -32,10 +32,16 @@ UNKNOWN_LICENCE = "unknown — fill in"
 # The datasets the readers name in the manifest's dataset column: their source, and the terms
 # they are published under as far as this project knows them (to be checked at the source).
 DATASETS = {
-    "vindr": ("VinDr-Mammo (PhysioNet)", "PhysioNet credentialed-access licence and data use agreement; check the version on the project page"),
+    "vindr": (
+        "VinDr-Mammo (PhysioNet)",
+        "PhysioNet credentialed-access licence and data use agreement; check the version on the project page",
+    ),
     "cbis-ddsm": ("CBIS-DDSM (The Cancer Imaging Archive)", "CC BY 3.0 as published by TCIA; check the collection page"),
     "cdd-cesm": ("CDD-CESM (The Cancer Imaging Archive)", "CC BY 4.0 as published by TCIA; check the collection page"),
-    "rsna": ("RSNA Screening Mammography Breast Cancer Detection (Kaggle)", "the competition's data rules; check them before any use outside it"),
+    "rsna": (
+        "RSNA Screening Mammography Breast Cancer Detection (Kaggle)",
+        "the competition's data rules; check them before any use outside it",
+    ),
     "folder": ("a local folder of DICOM files", UNKNOWN_LICENCE),
     "table": ("a table of one's own", UNKNOWN_LICENCE),
 }
@@ -111,9 +117,17 @@ def _plain(init: str | None) -> str:
     return init if init.startswith("random:") else Path(init).name
 
 
+def architecture(description: dict) -> str:
+    """One line on the network model.json describes: a timm backbone or our Swin encoder."""
+    if "backbone" in description:
+        return f"timm {description['backbone']} with its own two-class head"
+    encoder = description["encoder"]
+    return (f"Swin encoder (embedding {encoder.get('embed_dim')}, depths {encoder.get('depths')}, heads "
+            f"{encoder.get('num_heads')}, window {encoder.get('window_size')}), head {description.get('head')}")  # fmt: skip
+
+
 def model_card(deployable: Deployable, metrics: dict, rows: pd.DataFrame | None) -> str:
     description = deployable.description
-    encoder = description["encoder"]
     negative, positive = deployable.classes()
     height, width = deployable.input_size
     lines = [
@@ -131,8 +145,7 @@ def model_card(deployable: Deployable, metrics: dict, rows: pd.DataFrame | None)
         "## Model",
         "",
         f"- task: {description['task']}, one mammogram view at a time; class 1 = {', '.join(positive)}, class 0 = {', '.join(negative)}",
-        f"- architecture: Swin encoder (embedding {encoder.get('embed_dim')}, depths {encoder.get('depths')}, "
-        f"heads {encoder.get('num_heads')}, window {encoder.get('window_size')}), head {description.get('head')}",
+        f"- architecture: {architecture(description)}",
         f"- input: {height} x {width} pixels (rows x columns), one channel in [0, 1]",
         f"- initialized from: {_plain(description.get('init'))}; epoch {metrics.get('best_epoch')} of {metrics.get('epochs')}"
         f" kept by validation {metrics.get('selected_by')}",

@@ -10,8 +10,11 @@ an encoder into a benign/malignant classifier or an ROI segmenter and leaves beh
       threshold.json     the decision threshold, chosen on validation predictions only (or
                          fixed by the config: eval.threshold_rule fixed:T)
       predictions.csv    one row per val and test image
-      metrics.json       val and test metrics with patient-level 95 % intervals; written
-                         last, it marks the run finished, and a finished run is returned as is
+      metrics.json       val and test metrics with patient-level 95 % intervals, and
+                         test_images_seen_in_pretraining where the init lists the images it was
+                         pretrained on; a classifier's "levels": image, breast and exam metrics,
+                         pF1 and calibration (vismae.engine.level_metrics); written last, it marks the run finished, and a finished
+                         run is returned as is
       .lock              held while a run lives: a second launch into the folder is refused
 
 The honest order is the code's order: model selection and threshold use train and val rows
@@ -46,11 +49,12 @@ from vismae.data.labelled_dataset import (
     rows_digest,
     select_task_rows,
 )
-from vismae.data.manifest import CACHE_COLUMNS, SPLITS, read_manifest, write_manifest
+from vismae.data.manifest import CACHE_COLUMNS, IMAGE_KIND, SPLITS, read_manifest, write_manifest
 from vismae.data.splits import kfold
 from vismae.engine.accelerator import make_accelerator
 from vismae.engine.finetune_config import FinetuneConfig, fixed_threshold
 from vismae.engine.finetune_loop import FitResult, Trainer, build_loss, class_weights
+from vismae.engine.level_metrics import run_level_metrics
 from vismae.engine.optim import no_weight_decay_names
 from vismae.engine.predict import (
     THRESHOLD_FILE,
@@ -64,6 +68,7 @@ from vismae.engine.predict import (
 from vismae.engine.train_step import Plan, Session
 from vismae.io import write_csv, write_json
 from vismae.metrics import choose_threshold, summarize_folds, value_with_interval
+from vismae.models.formats.vismae_export import SEEN_IN_PRETRAINING, images_seen_in_pretraining, seen_mark, seen_warning
 from vismae.models.heads import build_task_model
 from vismae.models.random_init import SWIN_BACKBONE
 
@@ -125,11 +130,14 @@ def _finetune(frame: pd.DataFrame, config: FinetuneConfig, run_dir: Path, accele
     started = time.perf_counter()
     if accelerator.is_main_process:
         run_folder.save_config(run_dir, to_dict(config))
-        write_manifest(rows[CACHE_COLUMNS], run_dir / "manifest.csv")
+        write_manifest(rows[[column for column in (*CACHE_COLUMNS, IMAGE_KIND) if column in rows.columns]], run_dir / "manifest.csv")
         write_json(run_dir / "data.json", data_notes)
     accelerator.wait_for_everyone()
 
     parts = {split: rows[rows["split"] == split].reset_index(drop=True) for split in SPLITS}
+    seen = images_seen_in_pretraining(config.init, parts["test"]["image_id"])
+    if seen:
+        accelerator.print(seen_warning(seen, len(parts["test"]), config.init))
     image_size = config.data.image_size or tuple(data_notes["cache_image_size"])
     trained = train_model(parts["train"], parts["val"], config, image_size, run_dir, accelerator)
 
@@ -151,7 +159,10 @@ def _finetune(frame: pd.DataFrame, config: FinetuneConfig, run_dir: Path, accele
         "epochs": config.train.epochs,
         **({"threshold": threshold} if threshold is not None else {}),
         **{split: report(table, config, cut) for split, table in tables.items()},
+        # None: the init does not say what it was pretrained on (random, foreign weights).
+        **({SEEN_IN_PRETRAINING: seen} if seen is not None else {}),
         "data": {key: value for key, value in data_notes.items() if key in ("splits", "left_out")},
+        **run_level_metrics(config, threshold, tables, parts),  # breasts, exams, pF1, calibration
         "seconds": round(time.perf_counter() - started, 1),
     }
     if accelerator.is_main_process:
@@ -444,12 +455,20 @@ def summary_lines(result: FinetuneResult | CrossValidationResult) -> list[str]:
     """What the command prints: where the run is and its headline numbers with intervals."""
     if isinstance(result, CrossValidationResult):
         lines = [f"{len(result.folds)}-fold cross-validation: {result.run_dir}"]
+        seen = max((fold.metrics.get(SEEN_IN_PRETRAINING) or 0 for fold in result.folds), default=0)
+        if seen:
+            test = next((fold.metrics["test"]["n"] for fold in result.folds if "test" in fold.metrics), 0)
+            lines.append(seen_warning(seen, test, result.folds[0].metrics.get("init", "")))
         for split, summary in result.summary.items():
             cells = [f"{name} {s['mean']:.3f} +/- {s['std']:.3f}" for name, s in summary.items() if name in HEADLINE]
-            lines.append(f"  {split} (mean +/- sd over folds): " + ", ".join(cells))
+            mark = f" {seen_mark(seen)}" if split == "test" and seen else ""
+            lines.append(f"  {split} (mean +/- sd over folds){mark}: " + ", ".join(cells))
         return lines
     metrics = result.metrics
+    seen = metrics.get(SEEN_IN_PRETRAINING) or 0
     lines = [f"run: {result.run_dir}", f"selected epoch {result.best_epoch} by validation {metrics['selected_by']}"]
+    if seen:
+        lines.append(seen_warning(seen, metrics["test"]["n"] if "test" in metrics else seen, metrics.get("init", "")))
     if result.threshold is not None:
         decision = metrics["threshold"]
         how = "fixed by the config" if decision.get("chosen_on") == "config" else f"chosen on {decision.get('chosen_on', 'val')}"
@@ -458,6 +477,7 @@ def summary_lines(result: FinetuneResult | CrossValidationResult) -> list[str]:
         if split in metrics:
             report = metrics[split]
             cells = [f"{name} {value_with_interval(v)}" for name, v in report.items() if name in HEADLINE]
-            lines.append(f"  {split} (n={report['n']}): " + ", ".join(cells))
+            mark = f" {seen_mark(seen)}" if split == "test" and seen else ""
+            lines.append(f"  {split} (n={report['n']}){mark}: " + ", ".join(cells))
     lines.append(f"predictions: {result.predictions}")
     return lines

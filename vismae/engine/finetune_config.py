@@ -68,7 +68,7 @@ class FinetuneModel:
     backbone: str = SWIN_BACKBONE
     drop_path: float = 0.1  # stochastic depth of the encoder, rising to this in the last block
     head_dropout: float = 0.0
-    pool: Literal["avg", "max", "avgmax", "catavgmax"] = "avg"  # the classifier's global pooling
+    pool: Literal["avg", "max", "avgmax", "catavgmax"] = "avg"  # the classifier's global pooling (timm's global_pool)
     decoder: Literal["swin", "conv"] = "swin"  # the segmenter's up path: Swin-UNet (VIS-MAE) or UNETR conv blocks
     # Fold the init weights' known input normalization (ImageNet's for supervised Swins,
     # VIS-MAE's for reference checkpoints) into the patch embedding, so [0, 1] pixels fit them.
@@ -84,7 +84,8 @@ class FinetuneModel:
         if self.backbone != SWIN_BACKBONE:
             require(
                 not self.overrides,
-                f"model.overrides {sorted(self.overrides)} are Swin encoder fields; with model.backbone {self.backbone} leave them empty",
+                f"model.overrides {sorted(self.overrides)} are Swin encoder fields; "
+                f"with model.backbone {self.backbone} leave them empty",
             )
             from vismae.models.backbones import check_backbone_name  # timm loads only for a timm backbone
 
@@ -178,7 +179,8 @@ def fixed_threshold(rule: str) -> float | None:
     try:
         value = float(text.removeprefix(FIXED_PREFIX))
     except ValueError:
-        raise ConfigError(f"eval.threshold_rule: {text!r} gives no number after fixed:; {expected}", "eval.threshold_rule") from None
+        message = f"eval.threshold_rule: {text!r} gives no number after fixed:; {expected}"
+        raise ConfigError(message, "eval.threshold_rule") from None
     if not 0.0 < value < 1.0:
         raise ConfigError(f"eval.threshold_rule: {text!r} is outside (0, 1); {expected}", "eval.threshold_rule")
     return value

@@ -26,11 +26,11 @@ import torch
 from vismae.data.preprocess import Transform
 from vismae.io import atomic_path
 
-TARGET_LAYER = "classifier.head.norm"  # within ``LogOdds``
 MALIGNANT = 1
 METHOD = {
     "method": "Grad-CAM (Selvaraju et al., 2017), MONAI's GradCAM",
-    "target_layer": "head.norm: the last encoder stage's feature map as the classifier head normalizes it",
+    "target_layer": "the last encoder stage's feature map (B x C x h x w): for the Swin classifier as its head "
+    "normalizes it (head.norm), for a timm backbone as forward_features returns it",
     "score": "the malignancy log-odds, logit(malignant) - logit(benign): what the probability depends on",
     "normalization": "per image: the positive part divided by its maximum (peak: that maximum before division; "
     "0 where no position raises the log-odds, and then the map is empty)",
@@ -55,6 +55,36 @@ class LogOdds(torch.nn.Module):
         return torch.stack([-log_odds, log_odds], dim=1)
 
 
+class SplitAtFeatures(torch.nn.Module):
+    """A timm classifier run as ``forward_head(forward_features(x))`` with a named no-op between
+    the two, ``features``, where the last stage's map passes channels first (timm's Swin gives
+    it channels last; it is turned for the hook and back)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+        self.features = torch.nn.Identity()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        maps = self.model.forward_features(images)
+        if maps.ndim != 4:
+            raise ValueError(f"{type(self.model).__name__} ends in tokens of shape {tuple(maps.shape)}, not a feature map; no saliency map")
+        channels = getattr(self.model, "num_features", maps.shape[1])
+        channels_last = maps.shape[-1] == channels and maps.shape[1] != channels
+        if channels_last:
+            return self.model.forward_head(self.features(maps.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+        return self.model.forward_head(self.features(maps))
+
+
+def cam_target(model: torch.nn.Module) -> tuple[torch.nn.Module, str]:
+    """(the module Grad-CAM runs, the name of its target layer) for our Swin classifier or a timm one."""
+    if hasattr(model, "encoder") and hasattr(getattr(model, "head", None), "norm"):
+        return LogOdds(model), "classifier.head.norm"
+    if hasattr(model, "forward_features") and hasattr(model, "forward_head"):
+        return LogOdds(SplitAtFeatures(model)), "classifier.features"
+    raise ValueError(f"no saliency map for a {type(model).__name__}: neither the Swin classifier nor a timm model")
+
+
 class GradCam:
     """``GradCam(model)(images)``: (B x H x W maps in [0, 1], B peaks) for a batch of model
     inputs. The target layer is hooked once (MONAI keeps the hooks)."""
@@ -62,8 +92,9 @@ class GradCam:
     def __init__(self, model: torch.nn.Module):
         from monai.visualize import GradCAM
 
+        module, layer = cam_target(model)
         # MONAI's default post-processing rescales each map to (1, 0), inverted; normalize here instead.
-        self.cam = GradCAM(nn_module=LogOdds(model), target_layers=TARGET_LAYER, postprocessing=lambda maps: maps)
+        self.cam = GradCAM(nn_module=module, target_layers=layer, postprocessing=lambda maps: maps)
 
     def __call__(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         with torch.enable_grad():

@@ -3,7 +3,7 @@
 Scores go through ``vismae.engine.predict.infer``, the function that scored the run's own
 validation and test images, with the same image loader (``LabelledImages``) and in the
 precision the run predicted in, so a test image gets the probability the run wrote for it.
-Saliency maps are a second pass over the images asked for, in fp32 (Grad-CAM needs gradients).
+Saliency maps are a second pass over the images asked for, with gradients (Grad-CAM needs them).
 """
 
 from __future__ import annotations

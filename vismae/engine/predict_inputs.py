@@ -87,7 +87,6 @@ def read_folder(root: Path, work_dir: Path, preprocessing, salt, salt_file, work
                "allow_for_processing": allow, "workers": workers}  # fmt: skip
     frame = read_dataset("folder", root, **options)
     left_out = pd.read_csv(report, dtype=str, keep_default_na=False)
-    report.unlink()  # its rows go into the one skipped.csv
     skipped = pd.DataFrame({"image_id": "", "path": left_out["path"], "stage": "folder", "reason": left_out["reason"]})
     return frame, skipped[SKIPPED_COLUMNS]
 

@@ -8,6 +8,8 @@ optimizer, resumes the run folder if it holds a checkpoint, trains, and leaves b
       log.jsonl              one record per logged step: step, epoch, loss, lr, images/s
       recon/epoch_*.png      reconstruction grids; reconstruction.png is the last one
       encoder.safetensors    the exported encoder, with encoder.json
+      pretraining_images.csv the image_id of every image pretrained on (data.splits of the
+                             manifests): finetuning compares it with its test images
       metrics.json           summary and loss history
       .lock                  held while a run lives: a second launch into the folder is refused
 
@@ -23,6 +25,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pandas as pd
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
@@ -31,8 +34,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from vismae import __version__, run_folder
-from vismae.config import ConfigError, PretrainConfig, flatten, to_dict
+from vismae.config import ConfigError, PretrainConfig, flatten, read_yaml, to_dict
 from vismae.data.dataset import Augmentation, EpochShuffle, PretrainImages
+from vismae.data.manifest import read_manifest
 from vismae.engine import checkpoint
 from vismae.engine.accelerator import make_accelerator
 from vismae.engine.optim import build_optimizer, scaled_lr
@@ -40,7 +44,7 @@ from vismae.engine.pretrain_loop import StepRecord, Throughput, train_one_epoch
 from vismae.engine.train_step import LoopState, NonFiniteLossError, Plan, Session
 from vismae.engine.visualize import save_reconstruction_grid
 from vismae.io import atomic_path, input_digest, write_json, write_text
-from vismae.models.formats.vismae_export import ENCODER_WEIGHTS, export_encoder
+from vismae.models.formats.vismae_export import ENCODER_WEIGHTS, export_encoder, pretraining_images, write_pretraining_images
 from vismae.models.formats.vismae_run import write_mae_description
 from vismae.models.mae import MAEConfig, SwinMAE
 from vismae.models.presets import encoder_config
@@ -86,8 +90,23 @@ def check_saved_config(run_dir: Path, config: PretrainConfig, allow_config_chang
         neutral=RUN_LENGTH_KEYS + LOCATION_KEYS,
         defaults=to_dict(PretrainConfig()),
         remedy="only train.epochs and train.max_steps may change on resume: choose another output_dir, "
-        "or pass --allow-config-change to continue anyway",
+        "or pass --allow-config-change to continue anyway" + _test_split_hint(run_dir, config),
         allow_change=allow_config_change,
+    )
+
+
+def _test_split_hint(run_dir: Path, config: PretrainConfig) -> str:
+    """For a run saved with test images in data.splits, resumed without them (the default
+    leaves them out since pretraining sees no test image unless asked): how to continue it."""
+    saved = run_dir / run_folder.CONFIG_FILE
+    if not saved.is_file() or "test" in config.data.splits:
+        return ""
+    splits = (read_yaml(saved).get("data") or {}).get("splits") or []
+    if "test" not in splits:
+        return ""
+    return (
+        f". This run pretrained on data.splits {splits}; data.splits now defaults to [train, val] (no test image). "
+        f"To continue it as it was, pass data.splits=[{','.join(splits)}]"
     )
 
 
@@ -134,6 +153,15 @@ def build_dataset(config: PretrainConfig) -> PretrainImages:
     data = config.data
     augmentation = Augmentation(vflip_prob=data.vflip_prob, intensity_jitter=data.intensity_jitter)
     return PretrainImages.from_manifests(data.manifests, data.splits, data.image_size, augmentation, seed=config.train.seed)
+
+
+def pretraining_image_ids(config: PretrainConfig, paths: list[str]) -> list[str]:
+    """The ``image_id`` of each cached image in ``paths`` (those the dataset kept), from the
+    manifests' rows of ``data.splits``, in the dataset's order."""
+    frame = pd.concat([read_manifest(path) for path in config.data.manifests], ignore_index=True)
+    frame = frame[frame["split"].isin(config.data.splits)]
+    image_of = dict(zip(frame["path"].astype(str), frame["image_id"].astype(str)))
+    return list(dict.fromkeys(image_of[path] for path in paths))
 
 
 def build_loader(dataset: PretrainImages, config: PretrainConfig, processes: int, use_cuda: bool):
@@ -199,6 +227,8 @@ class PretrainRun:
         set_seed(config.train.seed)
         model = build_model(config)
         self.newest = run_folder.newest_checkpoint(self.checkpoints)
+        if accelerator.is_main_process:
+            self.record_images()
         if config.init and self.newest is None:  # a resume restores its own weights instead
             load_init_weights(model, config.init, verbose=accelerator.is_main_process)
         optimizer = build_optimizer(model, config.train.weight_decay, config.train.betas)
@@ -229,6 +259,18 @@ class PretrainRun:
             f"{train.grad_accum_steps} = {plan.effective_batch} per step, lr {plan.peak_lr:.3g}, "
             f"{plan.steps_per_epoch} steps per epoch, schedule {plan.total_steps} steps, stopping at {plan.stop_step}"
         )
+
+    def record_images(self) -> None:
+        """Write pretraining_images.csv: what the encoder will have seen, which finetuning checks
+        its test images against. It keeps the images the ``init`` weights were pretrained on
+        (where they carry a list) and, on resume, those of the checkpoint (trained under another
+        image list, when that was allowed)."""
+        earlier = pretraining_images(self.config.init) or []
+        if self.newest is not None:
+            earlier += pretraining_images(self.run_dir) or []
+        image_ids = list(dict.fromkeys(earlier + pretraining_image_ids(self.config, self.dataset.paths)))
+        write_pretraining_images(self.run_dir, image_ids)
+        self.pretraining_image_count = len(image_ids)
 
     def trainer_state(self) -> dict:
         plan = self.session.plan
@@ -419,6 +461,8 @@ class PretrainRun:
             "decoder": model.decoder,
             "mask_ratio": model.mask_ratio,
             "mask_unit_px": model.mask_unit_px,
+            "pretraining_splits": list(self.config.data.splits),
+            "pretraining_images": self.pretraining_image_count,  # with those its init had seen
             "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
 

@@ -16,9 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-# LoopState, Plan, Session and NonFiniteLossError are shared with finetuning; importable from
-# here too, where pretraining code has always found them.
-from vismae.engine.train_step import LoopState, NonFiniteLossError, Plan, Session, epoch_loader, train_step  # noqa: F401
+from vismae.engine.train_step import LoopState, Session, epoch_loader, train_step
 
 
 @dataclass

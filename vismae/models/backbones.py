@@ -99,7 +99,8 @@ def build_timm_classifier(
     settings = timm_settings(image_size, pool, drop_path, dropout)
     model = create_timm_classifier(name, settings)
     if is_random_init(init):
-        report = LoadReport(source=str(init), format="random", file="", notes=[f"every tensor randomly initialized (timm {name})"])
+        note = f"every tensor randomly initialized (timm {name})"
+        report = LoadReport(source=str(init), format="random", file="", notes=[note])
     else:
         report = load_timm_weights(model, init, name)
     if verbose:

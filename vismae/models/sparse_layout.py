@@ -6,15 +6,15 @@ grid, so that the network itself only gathers rows:
 
 - ``pack``: where each grid position's token sits in the packed matrix (-1 where masked).
 - ``merge_groups``: the four packed rows that one 2 x 2 patch merging reads, in timm's order.
-- ``window_plan``: per (shifted) attention window that holds a visible token, its window_size^2
-  slots as packed rows (padding where masked), and the additive attention mask that lets a
-  query see only the visible keys of its window (and of its region, for shifted windows).
+- ``window_plan``: the (shifted) attention windows that hold a visible token, each compacted to
+  its visible tokens, batched with windows of similar counts, padded to the batch's largest
+  count; with each (query, key) pair's relative position index and an additive mask that lets
+  a query see only the visible keys of its window (and of its region, for shifted windows).
 
-Windows keep all their slots rather than being compacted to their visible tokens: the slot of a
-token is then its position in the window, so the relative position bias and timm's
-shifted-window mask apply unchanged, and only windows with no visible token are skipped. The
-waste (masked slots of partly visible windows) is confined to the attention product itself;
-projections and MLPs, most of a Swin block's work, run on the packed visible tokens only.
+Compacting matters because masking units and windows rarely line up (7-token windows, 8-token
+units at 224 px): most windows are partly visible, and padding them to full windows would cost
+about as much attention work as the dense encoder. Compacted, the attention product shrinks
+with the visible share like the projections and MLPs do.
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def window_plan(
     slots, counts = slots[occupied], counts[occupied]
     # Slot positions with the visible ones first, each group in slot order.
     order = torch.sort((slots < 0).to(torch.uint8), dim=1, stable=True).indices
-    sizes = torch.ceil(torch.log2(counts.double())).long()  # batch k holds counts in (2^(k-1), 2^k]
+    sizes = torch.ceil(torch.log2(counts.float())).long()  # batch k holds counts in (2^(k-1), 2^k]
 
     region = None if region_mask is None else region_mask.to(device=device, dtype=torch.float32)
     batches, outputs, offset = [], [], 0

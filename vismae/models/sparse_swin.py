@@ -6,8 +6,9 @@ modules, with the same weights, on the visible tokens alone:
 
 - patch embedding, LayerNorms, MLPs, projections: per token, so on the packed visible tokens;
 - window attention (shifted windows included): each visible query attends to the visible keys
-  of its window, in padded per-window batches with an additive mask that also carries the
-  relative position bias and timm's shifted-window region mask (``sparse_layout``);
+  of its window; windows are compacted to their visible tokens and batched by size, with the
+  relative position bias gathered for each (query, key) pair and timm's shifted-window region
+  mask added, as the dense block does (``sparse_layout``);
 - patch merging: on complete 2 x 2 groups of visible tokens.
 
 It equals the dense encoder with attention restricted to visible keys, exactly, provided every
@@ -15,10 +16,10 @@ It equals the dense encoder with attention restricted to visible keys, exactly, 
 means here: the masking unit must cover whole tokens of the last stage, i.e. ``mask_unit_px``
 a multiple of patch_size x 2^(stages-1) (32 px for the Swin presets at patch 4; VIS-MAE's
 16 px units are refused). Windows need not line up with units: a partly visible window is
-handled by its key mask, and the alignment of windows with units only decides how much
-padding the attention product carries. One more requirement: every stage's map must tile into
-its windows, because timm pads a map that does not with zero tokens that the dense attention
-reads as keys, which a sparse encoder cannot reproduce.
+compacted to its visible tokens, and the alignment of windows with units only changes how the
+windows batch. One more requirement: every stage's map must tile into its windows, because
+timm pads a map that does not with zero tokens that the dense attention reads as keys, which a
+sparse encoder cannot reproduce.
 
 The encoder's state_dict is the dense encoder's: the exported encoder loads and finetunes like
 any other, and the dense methods (``forward_features`` ...) still work on it.
@@ -81,10 +82,10 @@ class SparseSwinEncoder(SwinEncoder):
                 resolution, window = tuple(block.input_resolution), tuple(block.window_size)
                 if any(r % w for r, w in zip(resolution, window)):
                     raise ValueError(
-                        f"sparse encoding: stage {stage_index} block {block_index} has a {resolution[0]}x{resolution[1]} "
-                        f"map that does not tile into {window[0]}x{window[1]} windows (timm would pad it with "
-                        "zero tokens that the dense attention reads); choose window_size and img_size so that "
-                        "every stage's map is a multiple of its window"
+                        f"sparse encoding: stage {stage_index} block {block_index} has a "
+                        f"{resolution[0]}x{resolution[1]} map that does not tile into {window[0]}x{window[1]} "
+                        "windows (timm would pad it with zero tokens that the dense attention reads); choose "
+                        "window_size and img_size so that every stage's map is a multiple of its window"
                     )
 
     def forward_visible(self, x: Tensor, token_mask: Tensor) -> VisibleTokens:
@@ -105,9 +106,8 @@ class SparseSwinEncoder(SwinEncoder):
             for block in stage.blocks:
                 key = (tuple(block.window_size), tuple(block.shift_size))
                 if key not in plans:
-                    plans[key] = window_plan(
-                        packing, key[0], key[1], block.attn.relative_position_index, _region_mask(block, features.device)
-                    )
+                    region = _region_mask(block, features.device)
+                    plans[key] = window_plan(packing, *key, block.attn.relative_position_index, region)
                 if stage.grad_checkpointing and torch.is_grad_enabled():
                     features = checkpoint(sparse_block, block, features, packing, plans[key], use_reentrant=False)
                 else:

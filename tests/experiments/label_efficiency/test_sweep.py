@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from vismae.config import ConfigError
-from vismae.data.splits import load_split
+from vismae.data.splits import label_fractions, load_split
 from vismae.experiments.label_efficiency.sweep import (
     RunSpec,
     parse_shard,
@@ -89,6 +89,10 @@ def train_patients(rows: pd.DataFrame) -> set:
     return set(rows.loc[rows["split"] == "train", "patient_id"])
 
 
+def val_patients(rows: pd.DataFrame) -> set:
+    return set(rows.loc[rows["split"] == "val", "patient_id"])
+
+
 def test_subsets_are_nested_stratified_grouped_and_shared_by_inits(manifest, tmp_path):
     recorder = Recorder()
     run_sweep(sweep_config(manifest, tmp_path), run_fn=recorder, report=False)
@@ -98,28 +102,116 @@ def test_subsets_are_nested_stratified_grouped_and_shared_by_inits(manifest, tmp
         subsets = [frames[RunSpec(f, "ours", seed).name] for f in (0.25, 0.5, 1.0)]
         full = subsets[-1]
         assert set(full["label"]) == {"benign", "malignant"}  # normal rows are not classification rows
-        # Nested: each fraction's training patients hold the smaller fraction's.
+        # Nested: each fraction's training and validation patients hold the smaller fraction's.
         assert train_patients(subsets[0]) < train_patients(subsets[1]) < train_patients(subsets[2])
+        assert val_patients(subsets[0]) < val_patients(subsets[1]) < val_patients(subsets[2])
         for fraction, rows in zip((0.25, 0.5, 1.0), subsets):
             # Identical for every init.
             pd.testing.assert_frame_equal(rows, frames[RunSpec(fraction, "random", seed).name])
-            # Stratified: each class keeps round(f x its patients) of the training patients.
-            for label in ("benign", "malignant"):
-                patients = full.loc[(full["split"] == "train") & (full["label"] == label), "patient_id"].nunique()
-                kept = rows.loc[(rows["split"] == "train") & (rows["label"] == label), "patient_id"].nunique()
-                assert kept == max(1, math.floor(fraction * patients + 0.5))
+            # Stratified: each class keeps round(f x its patients) of the training patients, and
+            # of the validation patients.
+            for split in ("train", "val"):
+                for label in ("benign", "malignant"):
+                    patients = full.loc[(full["split"] == split) & (full["label"] == label), "patient_id"].nunique()
+                    kept = rows.loc[(rows["split"] == split) & (rows["label"] == label), "patient_id"].nunique()
+                    assert kept == max(1, math.floor(fraction * patients + 0.5)), (split, label)
             # Patient-grouped: both views of a kept patient, and no training patient in val or test.
-            assert (rows[rows["split"] == "train"].groupby("patient_id").size() == 2).all()
+            assert (rows[rows["split"] != "test"].groupby("patient_id").size() == 2).all()
             assert not train_patients(rows) & set(rows.loc[rows["split"] != "train", "patient_id"])
-            # Validation and test rows are the same at every fraction.
-            held = rows[rows["split"] != "train"].reset_index(drop=True)
-            pd.testing.assert_frame_equal(held, full[full["split"] != "train"].reset_index(drop=True))
+            # Test rows are the same at every fraction.
+            held = rows[rows["split"] == "test"].reset_index(drop=True)
+            pd.testing.assert_frame_equal(held, full[full["split"] == "test"].reset_index(drop=True))
             # Saved in the sweep folder, as trained on.
             saved = load_split(tmp_path / "subsets" / f"s{seed}", fraction=fraction)
             assert sorted(saved["image_id"]) == sorted(rows["image_id"])
+    # The training draw is the one a sweep made before validation shrank (train only).
+    base = load_split(tmp_path / "subsets" / "s0")
+    assert train_patients(label_fractions(base, (0.25,), seed=0)[0.25]) == train_patients(frames["f0.25_init-ours_s0"])
+    # Labels used: training and validation images, as results.json records them.
+    result = json.loads((tmp_path / "runs" / "f0.25_init-ours_s0" / "result.json").read_text())
+    small = frames["f0.25_init-ours_s0"]
+    assert result["train_images"] == (small["split"] == "train").sum() and result["val_images"] == (small["split"] == "val").sum()
+    assert result["labels_used"] == result["train_images"] + result["val_images"]
+    assert result["val_positives"] == int(small.loc[small["split"] == "val", "target"].sum())
     # Seeds draw different subsets (all of them hold every training patient at 100 %).
     assert train_patients(frames["f0.25_init-ours_s0"]) != train_patients(frames["f0.25_init-ours_s1"])
     assert train_patients(frames["f1_init-ours_s0"]) == train_patients(frames["f1_init-ours_s1"])
+
+
+def test_validation_full_keeps_every_validation_patient_and_the_report_says_so(manifest, tmp_path):
+    recorder = Recorder()
+    run_sweep(sweep_config(manifest, tmp_path, seeds="[0]", validation="full"), run_fn=recorder)
+    full = recorder.frames["f1_init-ours_s0"]
+    for fraction in (0.25, 0.5):
+        rows = recorder.frames[RunSpec(fraction, "ours", 0).name]
+        held = rows[rows["split"] != "train"].reset_index(drop=True)
+        pd.testing.assert_frame_equal(held, full[full["split"] != "train"].reset_index(drop=True))
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    assert "NOTE: validation at 100 % of its labels at every fraction (validation: full)" in summary
+    assert "validation and test rows do not change with the fraction" in summary
+    # Labels used still count the (whole) validation set.
+    curves = pd.read_csv(tmp_path / "report" / "curves.csv")
+    point = curves[(curves["init"] == "ours") & (curves["fraction"] == 0.25)].iloc[0]
+    assert point["labels_used"] == point["train_images"] + (full["split"] == "val").sum()
+
+    # The default sweep says the opposite, and counts both in every column's budget.
+    shrunk = tmp_path / "shrunk"
+    run_sweep(sweep_config(manifest, shrunk, seeds="[0]"), run_fn=Recorder())
+    text = (shrunk / "report" / "summary.md").read_text()
+    assert "100 % of its labels" not in text and "Fractions are of the training and of the validation patients" in text
+    assert "labelled images: " in text and " train + " in text
+
+    # A sweep scored on val keeps validation whole whatever the config says, and says why.
+    scored_on_val = tmp_path / "on-val"
+    plan = run_sweep(sweep_config(manifest, scored_on_val, seeds="[0]", score_split="val"), run_fn=Recorder())
+    assert plan.ran
+    plan_file = json.loads((scored_on_val / "plan.json").read_text())
+    assert plan_file["validation"] == "full" and "scores are on the validation split" in plan_file["validation_note"]
+    assert "NOTE: validation at 100 % of its labels" in (scored_on_val / "report" / "summary.md").read_text()
+
+
+def test_a_sweep_from_before_validation_shrank_continues_only_with_validation_full(manifest, tmp_path):
+    run_sweep(sweep_config(manifest, tmp_path, seeds="[0]", validation="full"), run_fn=Recorder(), report=False)
+    saved = yaml.safe_load((tmp_path / "sweep.yaml").read_text())
+    del saved["validation"]  # as a sweep made before the key existed
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(saved))
+    with pytest.raises(ConfigError, match="Continue it with validation=full"):
+        run_sweep(sweep_config(manifest, tmp_path, seeds="[0]"), run_fn=Recorder(), report=False)
+    assert run_sweep(sweep_config(manifest, tmp_path, seeds="[0]", validation="full"), run_fn=Recorder(), report=False).skipped
+
+
+def test_one_class_validation_subsets_are_named_in_the_report(tmp_path, synthetic_cache):
+    # Unstratified, the smallest validation subset (one patient) holds one class.
+    manifest = synthetic_cache(sweep_images(with_val=True))
+    config = sweep_config(manifest, tmp_path, seeds="[0]", stratify="none", fractions="[0.1, 1.0]", inits="{random: random:tiny}")
+    run_sweep(config, run_fn=Recorder())
+    results = pd.read_csv(tmp_path / "results.csv").set_index("run")
+    small = results.loc["f0.1_init-random_s0"]
+    assert small["val_patients"] == 1 and small["val_positives"] in (0, small["val_images"])
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    assert "ONE-CLASS VALIDATION: in 1 of 2 runs (at 10 %)" in summary
+    assert "ONE-CLASS validation in 1" in summary  # in the cell of that point
+
+
+def test_an_init_pretrained_on_the_scored_images_is_marked(manifest, tmp_path):
+    from vismae.models.formats.vismae_export import write_pretraining_images
+
+    rows = pd.read_csv(manifest)
+    encoder = tmp_path / "encoder"
+    encoder.mkdir()
+    write_pretraining_images(encoder, rows["image_id"])  # every image, test ones included
+    (encoder / "encoder.safetensors").write_bytes(b"")  # the recorder never loads it
+    out = tmp_path / "sweep"
+    run_sweep(sweep_config(manifest, out, seeds="[0]", inits=f"{{ours: {encoder / 'encoder.safetensors'}, random: random:tiny}}"),
+              run_fn=Recorder())  # fmt: skip
+    plan = json.loads((out / "plan.json").read_text())
+    tested = rows[(rows["split"] == "test") & (rows["label"] != "normal")]
+    assert plan["test_images_seen_in_pretraining"] == {"ours": len(tested), "random": None}
+    summary = (out / "report" / "summary.md").read_text()
+    mark = f"[{len(tested)} SEEN IN PRETRAINING]"
+    assert f"WARNING: the encoder {encoder / 'encoder.safetensors'} was pretrained on {len(tested)} of the {len(tested)}" in summary
+    assert f"| ours {mark} |" in summary and "| random |" in summary
+    assert any(line.startswith("- ours:") and line.endswith(mark) for line in summary.splitlines())
 
 
 def test_kfold_subsets_come_from_each_folds_training_patients(manifest, tmp_path):

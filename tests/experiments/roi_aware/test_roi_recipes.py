@@ -43,6 +43,7 @@ def test_each_report_names_its_recipe(tmp_path, synthetic_cache):
     text = (folder / "results.md").read_text()
     assert text.startswith("# ROI-aware benign/malignant classification: paper recipe")
     assert "Recipe **paper**: backbone swin, plain cross-entropy, decision threshold fixed at 0.5" in text
+    assert "(threshold fixed by the recipe (fixed:0.5))" in text  # the router's, too
     recipe = json.loads((folder / "results.json").read_text())["experiment"]["recipe"]
     assert recipe["name"] == "paper" and recipe["loss"] == "plain cross-entropy" and recipe["threshold"] == "fixed at 0.5"
     assert set(pd.read_csv(folder / "results.csv")["recipe"]) == {"paper"}

@@ -10,6 +10,7 @@
     fractions: [0.05, 0.1, 0.25, 0.5, 0.8, 1.0]
     seeds: [0, 1, 2]
     folds: auto                               # 5-fold CV below 4,000 images (the paper's rule), else none
+    validation: fraction                      # validation shrinks with the fraction too; full: 100 % at every fraction
     metrics: [roc_auc, pr_auc]                # the first is the headline one
     finetune: {...}                           # the finetuning recipe of every run
 
@@ -58,6 +59,13 @@ class SweepConfig:
     # The split whose scores the report compares: test, val (in k-fold: the held-out fold, which
     # also selects the epoch) or auto (test when the manifest has test rows, else val).
     score_split: Literal["auto", "test", "val"] = "auto"
+    # The validation patients at each fraction. fraction: drawn like the training patients
+    # (nested, patient-grouped, stratified), so that "5 % of the labels" is 5 % of those that
+    # train and of those that choose the epoch and threshold, and the labels used count both.
+    # full: every validation patient at every fraction (what sweeps did before this key
+    # existed); the report says so. Where the scores are on val (score_split val, or auto
+    # without a test split), validation is the scored set and stays whole either way.
+    validation: Literal["fraction", "full"] = "fraction"
     metrics: list[str] = field(default_factory=list)  # empty: the paper's metrics for the task
     # The recipe of every run. data.val_fraction and data.split_seed carve validation patients
     # (when the manifest has none and there are no folds) and assign folds, once for the whole

@@ -20,6 +20,18 @@ Each run's own score has a patient-level bootstrap interval (results.csv: ``test
 A point of the curve counts the runs whose interval was unreliable (over 5 % of the resamples
 undefined: too few positive or negative patients to score on), and the summary says so beside
 the score instead of letting it pass for a measured one.
+
+Labels used. A fraction is of the training and the validation patients (the sweep's
+``validation: fraction``): validation labels choose each run's epoch and threshold, so the
+labelled images a fraction uses are its training and validation images, and the tables count
+both. A sweep that kept validation whole (``validation: full``, or scored on val) says so in the
+summary and the plot: there a fraction's labels saved count the training labels only. A
+validation subset so small that it holds one class leaves ROC AUC undefined there; the
+finetuning engine then chooses the epoch by validation loss and leaves the threshold at its
+default, and the summary counts and names such runs.
+
+An init whose pretraining list (``pretraining_images.csv``) holds images the sweep scores on is
+named in a warning, and its row of every table and its labels-saved line carry a mark.
 """
 
 from __future__ import annotations
@@ -37,6 +49,7 @@ import pandas as pd  # noqa: E402
 
 from vismae.io import atomic_path, write_text  # noqa: E402
 from vismae.metrics import UNRELIABLE_UNDEFINED_SHARE  # noqa: E402
+from vismae.models.formats.vismae_export import SEEN_IN_PRETRAINING, seen_mark, seen_warning  # noqa: E402
 
 PLAN_FILE = "plan.json"
 RUNS_DIR = "runs"
@@ -50,8 +63,12 @@ SAVED_FILE = "labels_saved.csv"
 SUMMARY_FILE = "summary.md"
 FULL = 1.0
 SPREAD = "line: mean over seeds and folds; band: min to max over them"
-CURVE_COLUMNS = ["metric", "split", "init", "fraction", "runs", "mean", "std", "min", "max", "train_images", "train_patients",
-                 "unreliable_runs"]  # fmt: skip
+# The labelled budget a curve point averages over its runs (results.csv of sweeps made before
+# validation was counted lacks all but the first two).
+BUDGET_COLUMNS = ["train_images", "train_patients", "val_images", "val_patients", "labels_used"]
+CURVE_COLUMNS = ["metric", "split", "init", "fraction", "runs", "mean", "std", "min", "max", *BUDGET_COLUMNS,
+                 "unreliable_runs", "one_class_val_runs"]  # fmt: skip
+FULL_VALIDATION = "validation at 100 % of its labels at every fraction"
 SAVED_COLUMNS = ["metric", "init", "bar", "bar_low", "bar_high", "bar_runs", "reached", "labels_saved", "range_low", "range_high",
                  "statement"]  # fmt: skip
 # The module docstring's definition, as the report states it.
@@ -66,6 +83,25 @@ LABELS_SAVED_DEFINITION = (
 
 def percent(fraction: float) -> str:
     return f"{100 * fraction:g} %"
+
+
+def seen_counts(plan: dict) -> dict[str, int]:
+    """Per init, the scored images it was pretrained on, where above zero."""
+    return {init: int(seen) for init, seen in (plan.get(SEEN_IN_PRETRAINING) or {}).items() if seen}
+
+
+def init_label(init: str, plan: dict) -> str:
+    """The init's name, marked where its encoder was pretrained on images the sweep scores on."""
+    seen = seen_counts(plan).get(init)
+    return f"{init} {seen_mark(seen)}" if seen else init
+
+
+def validation_statement(plan: dict) -> str:
+    """What validation was at each fraction; sweeps made before the choice existed kept it whole."""
+    if plan.get("validation", "full") == "fraction":
+        return ""
+    note = plan.get("validation_note") or ("validation: full" if "validation" in plan else "a sweep made before validation shrank")
+    return f"{FULL_VALIDATION} ({note})"
 
 
 def runs_text(low: int, high: int | None = None) -> str:
@@ -110,17 +146,34 @@ def unreliable_intervals(results: pd.DataFrame, column: str) -> pd.Series:
     return (share > UNRELIABLE_UNDEFINED_SHARE).fillna(False).astype(bool)
 
 
+def one_class_validation(results: pd.DataFrame) -> pd.Series:
+    """Per run: whether its validation rows held one class (so ROC AUC was undefined there and
+    the engine fell back to selecting by loss and the default threshold). False where
+    results.csv does not say."""
+    if {"val_images", "val_positives"} <= set(results.columns):
+        images, positives = (pd.to_numeric(results[column], errors="coerce") for column in ("val_images", "val_positives"))
+        return ((positives == 0) | (positives == images)).fillna(False).astype(bool)
+    if "threshold_rule" in results.columns:
+        return (results["threshold_rule"] == "default").fillna(False).astype(bool)
+    return pd.Series(False, index=results.index)
+
+
 def aggregate(results: pd.DataFrame, column: str) -> pd.DataFrame:
     """Per (init, fraction): how many runs have ``column`` defined, its mean, std (n - 1), min
-    and max over them, the mean labelled budget (training images and patients) and how many
-    of the runs' intervals were unreliable (``unreliable_intervals``)."""
-    defined = results.dropna(subset=[column]).assign(unreliable_runs=lambda rows: unreliable_intervals(rows, column))
+    and max over them, the mean labelled budget (training and validation images and patients,
+    labels used), how many of the runs' intervals were unreliable (``unreliable_intervals``)
+    and how many validated on one class (``one_class_validation``)."""
+    defined = results.dropna(subset=[column]).assign(
+        unreliable_runs=lambda rows: unreliable_intervals(rows, column), one_class_val_runs=one_class_validation
+    )
     grouped = defined.groupby(["init", "fraction"], sort=False)
     table = grouped[column].agg(runs="count", mean="mean", std="std", min="min", max="max")
-    budget = grouped[["train_images", "train_patients"]].mean()
-    unreliable = grouped["unreliable_runs"].sum().astype(int)
-    table = table.join(budget).join(unreliable)
-    return table.reset_index().sort_values(["init", "fraction"], kind="stable").reset_index(drop=True)
+    budget = grouped[[name for name in BUDGET_COLUMNS if name in defined.columns]].mean()
+    flagged = grouped[["unreliable_runs", "one_class_val_runs"]].sum().astype(int)
+    table = table.join(budget).join(flagged)
+    table = table.reset_index().sort_values(["init", "fraction"], kind="stable").reset_index(drop=True)
+    return table.reindex(columns=["init", "fraction", "runs", "mean", "std", "min", "max", *BUDGET_COLUMNS,
+                                  "unreliable_runs", "one_class_val_runs"])  # fmt: skip
 
 
 def init_order(plan: dict, results: pd.DataFrame) -> list[str]:
@@ -248,7 +301,7 @@ def plot_curves(curves: pd.DataFrame, plan: dict, inits: list[str], bars: dict, 
                 continue
             color = colors[index % len(colors)]
             runs = runs_text(int(part["runs"].min()), int(part["runs"].max()))
-            axes_.plot(part["fraction"], part["mean"], marker="o", color=color, label=f"{init} ({runs} per point)")
+            axes_.plot(part["fraction"], part["mean"], marker="o", color=color, label=f"{init_label(init, plan)} ({runs} per point)")
             axes_.fill_between(part["fraction"], part["min"], part["max"], color=color, alpha=0.18, linewidth=0)
         bar = bars.get(metric, (None, []))[0]
         if bar is not None:
@@ -256,7 +309,7 @@ def plot_curves(curves: pd.DataFrame, plan: dict, inits: list[str], bars: dict, 
         axes_.set_xscale("log")
         axes_.set_xticks(fractions, [percent(f) for f in fractions])
         axes_.minorticks_off()
-        axes_.set_xlabel("labelled training patients")
+        axes_.set_xlabel("labelled patients (training" + (")" if validation_statement(plan) else " and validation)"))
         axes_.set_ylabel(f"{metric} ({plan['score_split']})")
         axes_.grid(alpha=0.3)
         axes_.legend(fontsize=7, loc="lower right")
@@ -293,21 +346,31 @@ def _cell(row) -> str:
     unreliable = int(row.get("unreliable_runs", 0) or 0)
     # The runs whose own interval rests on too few patients of a class: their scores are chance.
     warning = f"; UNRELIABLE interval in {unreliable}" if unreliable else ""
+    one_class = int(row.get("one_class_val_runs", 0) or 0)
+    warning += f"; ONE-CLASS validation in {one_class}" if one_class else ""
     return f"{row['mean']:.3f}{spread} [{row['min']:.3f}, {row['max']:.3f}] ({row['runs']}{warning})"
 
 
-def metric_table(curve: pd.DataFrame, inits: list[str]) -> str:
+def budget_text(train: float, val: float, used: float) -> str:
+    """A fraction's labelled budget: "~40 labelled images: 32 train + 8 val"; the training
+    images alone where results.csv does not count validation."""
+    if math.isnan(used):
+        return f"~{train:.0f} training images"
+    return f"~{used:.0f} labelled images: {train:.0f} train + {val:.0f} val"
+
+
+def metric_table(curve: pd.DataFrame, inits: list[str], plan: dict | None = None) -> str:
     """Markdown: one row per init, one column per fraction (with its labelled budget)."""
     fractions = sorted(set(curve["fraction"]))
-    budget = curve.groupby("fraction")["train_images"].mean()
-    header = ["init"] + [f"{percent(f)} (~{budget[f]:.0f} images)" for f in fractions]
+    budget = curve.groupby("fraction")[["train_images", "val_images", "labels_used"]].mean()
+    header = ["init"] + [f"{percent(f)} ({budget_text(*budget.loc[f])})" for f in fractions]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for init in inits:
         part = curve[curve["init"] == init].set_index("fraction")
         if part.empty:
             continue
         cells = [_cell(part.loc[f]) if f in part.index else "-" for f in fractions]
-        lines.append("| " + " | ".join([init] + cells) + " |")
+        lines.append("| " + " | ".join([init_label(init, plan or {})] + cells) + " |")
     return "\n".join(lines)
 
 
@@ -324,6 +387,36 @@ def scored_on(plan: dict, results: pd.DataFrame) -> str:
     return where
 
 
+def fractions_statement(plan: dict) -> str:
+    stratified = " and stratified by label" if plan.get("stratify", "label") == "label" else ""
+    if validation_statement(plan):
+        return (f"Fractions are of the training patients, drawn nested{stratified}; validation and test rows do not "
+                "change with the fraction.")  # fmt: skip
+    return (f"Fractions are of the training and of the validation patients, each drawn nested{stratified}; test rows "
+            "do not change with the fraction. Labels used count training and validation images: validation labels "
+            "choose each run's epoch and threshold.")  # fmt: skip
+
+
+def one_class_lines(plan: dict, results: pd.DataFrame) -> list[str]:
+    """Where validation subsets held one class: how many runs, at which fractions, and what the
+    engine did instead."""
+    if plan.get("task") != "classify" or results.empty:
+        return []
+    flagged = results[one_class_validation(results)]
+    if flagged.empty:
+        return []
+    fractions = ", ".join(percent(f) for f in sorted(set(flagged["fraction"])))
+    return ["", f"ONE-CLASS VALIDATION: in {len(flagged)} of {len(results)} runs (at {fractions}) the validation rows held "
+                "one class, so ROC AUC was undefined on them: the finetuning engine chose the epoch by validation loss "
+                "and left the decision threshold at its default 0.5. Their threshold metrics (sensitivity, specificity, "
+                "F1) rest on that default. In results.csv they are the runs whose val_positives is 0 or val_images."]  # fmt: skip
+
+
+def _marked(text: str, init: str, plan: dict) -> str:
+    seen = seen_counts(plan).get(init)
+    return f"{text} {seen_mark(seen)}" if seen else text
+
+
 def summary_markdown(folder: Path, plan: dict, results: pd.DataFrame, curves: pd.DataFrame, found: dict, inits: list[str]) -> str:
     status, _ = progress(folder, plan, results)
     folds = [fold for fold in plan["folds"] if fold is not None]
@@ -334,17 +427,24 @@ def summary_markdown(folder: Path, plan: dict, results: pd.DataFrame, curves: pd
         "",
         f"Manifest {plan['manifest']}; inits {', '.join(f'{name} ({source})' for name, source in plan['inits'].items())}; "
         f"seeds {plan['seeds']}; {f'{len(folds)}-fold cross-validation' if folds else 'no cross-validation'}. "
-        f"Scores on {scored_on(plan, results)}. Fractions are of the training patients, drawn nested"
-        f"{' and stratified by label' if plan.get('stratify', 'label') == 'label' else ''}; "
-        "validation and test rows do not change with the fraction.",
+        f"Scores on {scored_on(plan, results)}. {fractions_statement(plan)}",
         "",
         f"Cells: mean ± std [min, max] (runs) over seeds and folds. Plot: {PLOT_FILE} ({SPREAD}); its data: {CURVES_FILE}.",
     ]
+    if validation_statement(plan):
+        lines += ["", f"NOTE: {validation_statement(plan)}: every run chose its epoch and threshold on all the validation "
+                      "labels, so a fraction uses more labels than its share of the training patients, and the labels "
+                      "saved count the training labels only."]  # fmt: skip
+    for init, seen in seen_counts(plan).items():
+        source = plan["inits"].get(init, init)
+        lines += ["", seen_warning(seen, plan.get("scored_images", seen), source, f"images scored on ({plan['score_split']})")
+                  + f". Every number of {init} is marked {seen_mark(seen)}."]  # fmt: skip
+    lines += one_class_lines(plan, results)
     for metric in plan["metrics"]:
         curve = curves[curves["metric"] == metric]
         if curve.empty:
             continue
-        lines += ["", f"## {metric}", "", metric_table(curve, inits), ""]
+        lines += ["", f"## {metric}", "", metric_table(curve, inits, plan), ""]
         unreliable = int(curve["unreliable_runs"].sum()) if "unreliable_runs" in curve.columns else 0
         if unreliable:
             lines += [f"UNRELIABLE: in {unreliable} of {int(curve['runs'].sum())} runs the patient-level 95 % interval of "
@@ -356,9 +456,9 @@ def summary_markdown(folder: Path, plan: dict, results: pd.DataFrame, curves: pd
             lines.append(f"Labels saved: no bar yet ({plan['baseline']} has no finished run with 100 % of the labels).")
             continue
         spread = f"range {bar.low:.3f} to {bar.high:.3f}, {runs_text(bar.runs)}"
-        lines.append(f"Labels saved, against the bar {bar.init} at 100 %: {bar.value:.3f} ({spread}).")
+        lines.append(_marked(f"Labels saved, against the bar {bar.init} at 100 %: {bar.value:.3f} ({spread}).", bar.init, plan))
         lines.append("")
-        lines += [f"- {reach.describe(bar)}" for reach in reaches] or ["- no other init to compare with the bar"]
+        lines += [f"- {_marked(reach.describe(bar), reach.init, plan)}" for reach in reaches] or ["- no other init to compare with the bar"]
     lines += ["", f"How labels saved are defined: {LABELS_SAVED_DEFINITION}"]
     return "\n".join(lines) + "\n"
 
@@ -387,7 +487,8 @@ def build_report(folder: str | Path) -> Path:
         (out / PLOT_FILE).unlink(missing_ok=True)  # no finished run: no curve, and no stale one
     else:
         finished = len(set(plan["runs"]) & set(results["run"]))
-        note = f"PARTIAL: {finished} of {len(plan['runs'])} planned runs finished" if partial else ""
+        notes = [f"PARTIAL: {finished} of {len(plan['runs'])} planned runs finished" if partial else "", validation_statement(plan)]
+        note = "; ".join(part for part in notes if part)
         plot_curves(curves, plan, inits, found, out / PLOT_FILE, note=note)
     write_text(out / SUMMARY_FILE, summary_markdown(folder, plan, results, curves, found, inits))
     return out

@@ -1,6 +1,11 @@
 """VIS-MAE's label-efficiency study (paper 3.4, Figs. 2 and 3): finetune each encoder init on
-nested fractions of the labelled training patients, over seeds (and k folds), to see how few
-labels each init needs to match a randomly initialized model trained on all of them.
+nested fractions of the labelled patients, over seeds (and k folds), to see how few labels each
+init needs to match a randomly initialized model trained on all of them.
+
+A fraction is of the training and the validation patients alike (``validation: fraction``, the
+default): validation labels choose the epoch and the threshold, so they are labels used too,
+and a run "with 5 % of the labels" has 5 % of both. ``validation: full`` keeps every validation
+patient at every fraction, and the report says so. Test rows never change with the fraction.
 
     SWEEP/
       sweep.yaml                      the resolved config; a rerun with another recipe is refused
@@ -27,7 +32,7 @@ from pathlib import Path
 import pandas as pd
 
 from vismae import run_folder
-from vismae.config import read_yaml, to_dict
+from vismae.config import ConfigError, read_yaml, to_dict
 from vismae.data.manifest import read_manifest
 from vismae.data.splits import carve_validation, kfold, label_fractions, save_splits
 from vismae.engine.accelerator import make_accelerator
@@ -35,6 +40,7 @@ from vismae.engine.finetune import finetune, select_rows
 from vismae.experiments.label_efficiency.config import AUTO_FOLDS, AUTO_FOLDS_BELOW_IMAGES, SweepConfig
 from vismae.experiments.label_efficiency.report import ERROR_FILE, PLAN_FILE, RESULT_FILE, RUNS_DIR, build_report
 from vismae.io import input_digest, write_json, write_text
+from vismae.models.formats.vismae_export import SEEN_IN_PRETRAINING, images_seen_in_pretraining, seen_warning
 
 # Besides the report's names: result.json, written last into a run folder, marks the run
 # finished; error.txt holds the traceback of a run that failed, and the next pass redoes it.
@@ -140,20 +146,42 @@ def resolve_score_split(choice: str, rows: pd.DataFrame) -> str:
     return choice
 
 
+def resolve_validation(choice: str, score_split: str) -> tuple[str, str]:
+    """(the validation actually used, why it differs from ``choice``; empty when it does not).
+    Scored on val, validation is the set the report compares: shrinking it would change what
+    each fraction is scored on, so it stays whole."""
+    if choice == "fraction" and score_split == "val":
+        return "full", "the scores are on the validation split, which must stay the same at every fraction"
+    return choice, ""
+
+
+def shrinking_splits(validation: str) -> tuple[str, ...]:
+    """The splits a fraction draws from (vismae.data.splits.label_fractions' ``shrink``)."""
+    return ("train", "val") if validation == "fraction" else ("train",)
+
+
+def scored_image_ids(bases: dict, score_split: str) -> list[str]:
+    """Every image the sweep's scores are computed on, over its folds."""
+    return sorted({image for base in bases.values() for image in base.loc[base["split"] == score_split, "image_id"].astype(str)})
+
+
 def subset_digest(rows: pd.DataFrame) -> str:
     """What identifies a subset: its images and their splits."""
     return input_digest(rows, ["image_id", "split"])
 
 
-def prepare_subsets(folder: Path, base: pd.DataFrame, fractions, seed: int, stratify: str | None) -> dict[float, pd.DataFrame]:
-    """The nested subsets of one (seed, fold), saved under ``folder`` on first use and checked
-    against the saved ones afterwards, so that a sweep never mixes runs on different rows."""
+def prepare_subsets(
+    folder: Path, base: pd.DataFrame, fractions, seed: int, stratify: str | None, shrink=("train",)
+) -> dict[float, pd.DataFrame]:
+    """The nested subsets of one (seed, fold), drawn from the ``shrink`` splits, saved under
+    ``folder`` on first use and checked against the saved ones afterwards, so that a sweep never
+    mixes runs on different rows."""
     record = folder / SPLITS_FILE
     saved = json.loads(record.read_text()).get("digests", {}) if record.is_file() else {}
     # Fractions saved earlier are drawn again too (each fraction's draw ignores the others), so a
     # sweep extended by a fraction keeps the old subsets' files.
     wanted = sorted({float(f) for f in fractions} | {float(f) for f in saved if f != "base"})
-    subsets = label_fractions(base, wanted, seed=seed, stratify=stratify)
+    subsets = label_fractions(base, wanted, seed=seed, stratify=stratify, shrink=shrink)
     digests = {"base": subset_digest(base), **{f"{f:g}": subset_digest(subset) for f, subset in subsets.items()}}
     changed = sorted(key for key in saved.keys() & digests.keys() if saved[key] != digests[key])
     if changed:
@@ -163,15 +191,21 @@ def prepare_subsets(folder: Path, base: pd.DataFrame, fractions, seed: int, stra
         )
     if saved.keys() != digests.keys():
         # overwrite: shards starting together may both write; their files are identical.
-        settings = {"stratify": stratify, "digests": digests}
+        settings = {"stratify": stratify, "shrink": list(shrink), "digests": digests}
         save_splits(folder, base, seed=seed, fractions=subsets, settings=settings, overwrite=True)
     return {float(f): subsets[float(f)] for f in fractions}
 
 
 def labelled_budget(rows: pd.DataFrame) -> dict:
-    """The training images, patients and positives of a subset: what its labels cost."""
-    train = rows[rows["split"] == "train"]
-    return {"train_images": len(train), "train_patients": int(train["patient_id"].nunique()), "train_positives": int(train["target"].sum())}
+    """What a subset's labels cost: its training and validation images, patients and positives
+    (validation labels choose the epoch and threshold), and ``labels_used``, the labelled
+    images of both."""
+    budget = {}
+    for split in ("train", "val"):
+        part = rows[rows["split"] == split]
+        budget.update({f"{split}_images": len(part), f"{split}_patients": int(part["patient_id"].nunique()),
+                       f"{split}_positives": int(part["target"].sum())})  # fmt: skip
+    return {**budget, "labels_used": budget["train_images"] + budget["val_images"]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,6 +219,10 @@ class SweepPlan:
     bases: dict[int | None, pd.DataFrame]
     score_split: str
     runs: list[RunSpec]
+    validation: str = "fraction"  # what validation is at each fraction: fraction or full
+    validation_note: str = ""  # why it is not what the config asked
+    scored_images: int = 0  # the images scored on, over the folds
+    seen: dict = field(default_factory=dict)  # init -> scored images it was pretrained on (None: unknown)
 
     def to_dict(self) -> dict:
         config = self.config
@@ -198,6 +236,10 @@ class SweepPlan:
             "seeds": config.seeds,
             "folds": [fold for fold in self.bases],
             "stratify": config.stratify,
+            "validation": self.validation,
+            "validation_note": self.validation_note,
+            "scored_images": self.scored_images,
+            SEEN_IN_PRETRAINING: self.seen,
             "manifest": config.manifest,
             "runs": [run.name for run in self.runs],
         }
@@ -209,18 +251,32 @@ def plan_sweep(config: SweepConfig) -> SweepPlan:
     rows = task_rows(read_manifest(config.manifest), config)
     bases = fold_bases(rows, config)
     runs = plan_runs(config.inits, config.fractions, config.seeds, list(bases))
-    return SweepPlan(config, Path(config.output_dir), bases, resolve_score_split(config.score_split, rows), runs)
+    score_split = resolve_score_split(config.score_split, rows)
+    validation, note = resolve_validation(config.validation, score_split)
+    scored = scored_image_ids(bases, score_split)
+    seen = {name: images_seen_in_pretraining(source, scored) for name, source in config.inits.items()}
+    return SweepPlan(config, Path(config.output_dir), bases, score_split, runs, validation, note, len(scored), seen)
 
 
-def check_config(folder: Path, config: SweepConfig) -> None:
+def check_config(folder: Path, config: SweepConfig, validation: str | None = None) -> None:
     """Refuse to continue a sweep folder under a config that would change its finished runs;
-    extending it (more seeds, fractions or inits) is fine, and the saved config follows."""
+    extending it (more seeds, fractions or inits) is fine, and the saved config follows.
+    ``validation``: what validation is at each fraction (``SweepPlan.validation``)."""
     new = to_dict(config)
     saved_path = folder / CONFIG_FILE
     if saved_path.is_file():
         # An init added or dropped changes no other run; one whose weights changed does: the
         # configs are compared on the inits both name.
         saved = read_yaml(saved_path)
+        if "validation" not in saved:
+            # Saved before the key existed: every run validated on all validation patients.
+            if (validation or config.validation) == "fraction":
+                raise ConfigError(
+                    f"{folder} holds a sweep started before validation shrank with the fraction: its runs chose the epoch "
+                    "and threshold on 100 % of the validation labels at every fraction. Continue it with validation=full "
+                    "(the report says so), or start a new sweep folder"
+                )
+            saved["validation"] = config.validation  # whole either way: the same runs
         common = (saved.get("inits") or {}).keys() & config.inits.keys()
         run_folder.check_config(
             folder,
@@ -247,9 +303,12 @@ def result_row(spec: RunSpec, source: str, rows: pd.DataFrame, metrics: Mapping,
     with its 95 % interval (``test_roc_auc``, ``test_roc_auc_low``, ``test_roc_auc_high``, and
     ``test_roc_auc_undefined``: the resamples of ``test_n_boot`` without a value) and
     what it was computed on (``test_n``, ``test_positives``, ``test_patients`` ...)."""
+    decision = metrics.get("threshold") or {}
     row = {"run": spec.name, "fraction": spec.fraction, "init": spec.init, "init_source": source, "seed": spec.seed,
            "fold": spec.fold, **labelled_budget(rows), "best_epoch": metrics.get("best_epoch"),
-           "threshold": (metrics.get("threshold") or {}).get("threshold"), "seconds": round(seconds, 1)}  # fmt: skip
+           "selected_by": metrics.get("selected_by"), "threshold": decision.get("threshold"),
+           "threshold_rule": decision.get("rule"), SEEN_IN_PRETRAINING: metrics.get(SEEN_IN_PRETRAINING),
+           "seconds": round(seconds, 1)}  # fmt: skip
     for split in ("val", "test"):
         for name, value in (metrics.get(split) or {}).items():
             if isinstance(value, Mapping) and "value" in value:
@@ -315,13 +374,19 @@ def run_sweep(config: SweepConfig, shard: tuple[int, int] = (0, 1), run_fn: RunF
 
 def _run_shard(plan: SweepPlan, shard: tuple[int, int], run_fn: RunFunction, report: bool) -> SweepOutcome:
     config, folder = plan.config, plan.folder
-    check_config(folder, config)
+    check_config(folder, config, plan.validation)
     write_json(folder / PLAN_FILE, plan.to_dict())
+    if plan.validation_note:
+        print(f"note: validation stays at 100 % of its labels at every fraction: {plan.validation_note}", flush=True)
+    for name, seen in plan.seen.items():
+        if seen:
+            print(seen_warning(seen, plan.scored_images, config.inits[name], f"images scored on ({plan.score_split})"), flush=True)
     subsets = {}
+    shrink = shrinking_splits(plan.validation)
     for seed in config.seeds:
         for fold, base in plan.bases.items():
             key = subset_key(seed, fold)
-            subsets[key] = prepare_subsets(folder / SUBSETS_DIR / key, base, config.fractions, seed, config.stratify_by)
+            subsets[key] = prepare_subsets(folder / SUBSETS_DIR / key, base, config.fractions, seed, config.stratify_by, shrink)
 
     outcome = SweepOutcome(folder, shard)
     mine = shard_runs(plan.runs, *shard)
@@ -332,7 +397,9 @@ def _run_shard(plan: SweepPlan, shard: tuple[int, int], run_fn: RunFunction, rep
             outcome.skipped.append(spec.name)
             continue
         rows = subsets[spec.subsets][spec.fraction]
-        print(f"[{position}/{len(mine)}] {spec.name}: {labelled_budget(rows)['train_images']} training images", flush=True)
+        budget = labelled_budget(rows)
+        print(f"[{position}/{len(mine)}] {spec.name}: {budget['train_images']} training and {budget['val_images']} validation images",
+              flush=True)  # fmt: skip
         try:
             row = execute_run(spec, config.inits[spec.init], rows, run_dir, run_fn)
         except run_folder.FolderInUseError as error:

@@ -6,6 +6,7 @@
     recipe: vismae                         # the recipe's name in the report (e.g. paper)
     paper: vindr                           # which published tables to show beside ours
     seeds: [0, 1, 2]
+    population: paper                      # or screening: normal (BI-RADS 1) test images scored too
     small_groups: {rule: pooled, min_images: 20, min_per_class: 10}
     router: {kind: classifier}
     finetune: {...}                        # a finetuning recipe (vismae.engine.finetune_config)
@@ -24,6 +25,7 @@ from typing import Literal
 from vismae.config import ConfigError, load_config, require
 from vismae.engine.finetune_config import FinetuneConfig, FinetuneData
 from vismae.experiments.roi_aware.paper_numbers import DATASETS
+from vismae.experiments.roi_aware.rules import NORMAL_LABEL
 from vismae.io import absolute_path
 from vismae.models.random_init import SWIN_BACKBONE, init_problem, is_random_init
 
@@ -78,6 +80,13 @@ class RoiAwareConfig:
     recipe: str = "vismae"
     paper: str | None = None  # vindr or cdd-cesm: the paper's tables shown beside ours; null: none
     seeds: list[int] = field(default_factory=lambda: [0])  # training seeds (finetune.train.seed)
+    # The test images scored. paper: benign and malignant only (BI-RADS 2-5 where labels follow
+    # BI-RADS), normal (BI-RADS 1) images left out, as the paper does; a deployed model cannot
+    # assume that. screening: the deployable procedure is scored a second time, with every
+    # normal test image added as a negative, beside the paper's population. Its router and
+    # classifiers stay those trained on benign and malignant images (as the paper's are): the
+    # normal images are only scored.
+    population: Literal["paper", "screening"] = "paper"
     small_groups: SmallGroups = field(default_factory=SmallGroups)
     router: RouterSettings = field(default_factory=RouterSettings)
     # The finetuning recipe of every model. Its data.negative/positive define the classes and
@@ -94,6 +103,12 @@ class RoiAwareConfig:
             f"paper must be one of {', '.join(DATASETS)} or null, got {self.paper!r}",
         )
         require(self.finetune.task == "classify", "finetune.task: the experiment sets the task of each model; leave it at classify")
+        classes = self.finetune.data.negative + self.finetune.data.positive
+        require(
+            self.population == "paper" or NORMAL_LABEL not in classes,
+            f"population: screening adds the {NORMAL_LABEL!r} test images as negatives; they are already classes of "
+            f"finetune.data.negative/positive ({classes}): leave population at paper or remove {NORMAL_LABEL!r} there",
+        )
         require(bool(str(self.recipe).strip()), "recipe: give the recipe a name, e.g. vismae or paper")
         backbone = self.finetune.model.backbone
         problem = init_problem(self.init, backbone)

@@ -83,7 +83,9 @@ def predict_routed(folder: str | Path, source: str | Path, out_dir: str | Path, 
 
     router_info = outcome["router"]
     router = read_deployable(local_run(seed_dir, router_info["run_dir"]))
-    models = {key: entry for key, entry in outcome["models"].items()}
+    model_of = {plan["group"]: plan["model"] for plan in outcome["groups"]}
+    # The models the groups name (the comparative per-view models play no part in this procedure).
+    models = {key: outcome["models"][key] for key in dict.fromkeys(model_of.values())}
     deployables = {key: read_deployable(local_run(seed_dir, entry["run_dir"])) for key, entry in models.items() if "run_dir" in entry}
     preprocessing = router.preprocessing
     for key, deployable in deployables.items():
@@ -100,7 +102,6 @@ def predict_routed(folder: str | Path, source: str | Path, out_dir: str | Path, 
     router_score = table[score_column].to_numpy(dtype=float)
     rows = table.drop(columns=[score_column]).assign(view_name=view_names(table))
     groups = group_names(rows, router_score >= float(router_info["threshold"]))
-    model_of = {plan["group"]: plan["model"] for plan in outcome["groups"]}
     keys = groups.map(model_of)
 
     parts, runners = [], {}

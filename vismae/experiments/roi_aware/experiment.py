@@ -7,7 +7,8 @@ For each training seed, on one prepared cache and one encoder init:
    served by the configured rule; test images routed by their annotated ROI presence;
 3. the annotation-only floor "ROI present => malignant";
 4. deployable: a router trained on the training split predicts ROI presence and routes the
-   test images into the classifiers of 2.
+   test images into the classifiers of 2; with ``population: screening`` scored a second time
+   with the normal (BI-RADS 1) test images added as negatives, which the paper leaves out.
 
 Every model is one ``finetune`` call on train and val rows. Test images are scored afterwards
 from blind rows (no label, no annotation); the annotated routes read ROI presence alone, and
@@ -35,6 +36,7 @@ from vismae.experiments.roi_aware.models import ConstantModel, Engine, FinetuneE
 from vismae.experiments.roi_aware.report import build_report, composition
 from vismae.experiments.roi_aware.router import Router, train_router
 from vismae.experiments.roi_aware.rules import (
+    NORMAL_LABEL,
     PROCEDURES,
     STRATA,
     GroupPlan,
@@ -46,11 +48,13 @@ from vismae.experiments.roi_aware.rules import (
     plan_groups,
 )
 from vismae.io import write_csv, write_json
+from vismae.models.formats.vismae_export import SEEN_IN_PRETRAINING, images_seen_in_pretraining, seen_warning
 
 PREDICTION_COLUMNS = ["procedure", "uses_test_annotations", "task", "image_id", "patient_id", "view_name",
                       "route", "model", "score", "decision", "target", "has_roi"]  # fmt: skip
 # Keys that do not change any result: a run folder may be continued with other values.
-NEUTRAL_KEYS = ("output_dir", "seeds", "paper", "finetune.data.num_workers", "finetune.eval.batch_size",
+# population only adds scoring: it trains nothing.
+NEUTRAL_KEYS = ("output_dir", "seeds", "paper", "population", "finetune.data.num_workers", "finetune.eval.batch_size",
                 "finetune.checkpoint.every_epochs", "finetune.checkpoint.keep")  # fmt: skip
 
 
@@ -76,6 +80,26 @@ def experiment_frame(manifest: pd.DataFrame, data: FinetuneData) -> pd.DataFrame
     if not (frame["split"] == "val").any():
         frame = carve_validation(frame, data.val_fraction, seed=data.split_seed)
     return frame.assign(view_name=view_names(frame), target=frame["label"].isin(data.positive).astype(int)).reset_index(drop=True)
+
+
+def screening_normals(manifest: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
+    """The normal (BI-RADS 1) test images, as negatives (``target`` 0), with ``view_name``: what
+    ``population: screening`` adds to the deployable procedure's test scoring. Refused when
+    there are none, or when they are of another image kind than the experiment's rows."""
+    normals = manifest[(manifest["label"] == NORMAL_LABEL) & (manifest["split"] == "test")]
+    if normals.empty:
+        raise ValueError(
+            f"population: screening: the manifest's test split holds no {NORMAL_LABEL} (BI-RADS 1) image to add; "
+            "use population: paper"
+        )
+    require_one_image_kind(pd.concat([frame, normals]), "population: screening scores the normal test images with the same models")
+    return normals.assign(view_name=view_names(normals), target=0).reset_index(drop=True)
+
+
+def left_out_normals(manifest: pd.DataFrame) -> dict[str, int]:
+    """Normal (BI-RADS 1) images per split of the manifest: what the paper's population leaves out."""
+    normals = manifest[manifest["label"] == NORMAL_LABEL]
+    return {str(split): int(count) for split, count in normals["split"].value_counts().sort_index().items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,6 +183,18 @@ def route_and_score(
     return tables
 
 
+def score_screening(
+    engine: Engine, models: dict, plans: list[GroupPlan], router: Router, deployable: pd.DataFrame, normals: pd.DataFrame
+) -> pd.DataFrame:
+    """The deployable procedure on the screening population: its predictions for the paper's
+    test images (``deployable``, as they are) and the normal test images routed and scored the
+    same way, from blind rows."""
+    rows = blind(normals)
+    groups, _ = predicted_routes(engine, router, rows)
+    scored = score_routed(engine, models, rows, {"deployable": groups.map(_model_of(plans))})["deployable"]
+    return pd.concat([deployable, scored.assign(route=groups.to_numpy())], ignore_index=True)
+
+
 def with_truth(tables: dict[str, pd.DataFrame], test: pd.DataFrame) -> pd.DataFrame:
     """All procedures' predictions in one long table, each row joined with what it is scored
     against: the label (malignancy) or the annotated ROI presence (the router)."""
@@ -185,13 +221,18 @@ def with_truth(tables: dict[str, pd.DataFrame], test: pd.DataFrame) -> pd.DataFr
 # The experiment.
 
 
-def run_seed(engine: Engine, frame: pd.DataFrame, config: RoiAwareConfig, seed: int) -> Path:
-    """Train (or reuse) one seed's models and write its predictions and outcome."""
+def run_seed(engine: Engine, frame: pd.DataFrame, config: RoiAwareConfig, seed: int, normals: pd.DataFrame | None = None) -> Path:
+    """Train (or reuse) one seed's models and write its predictions and outcome; ``normals``
+    (population screening): the normal test images the deployable procedure scores too."""
     folder = seed_dir(config.output_dir, seed)
     recipe = dataclasses.replace(config.finetune, train=dataclasses.replace(config.finetune.train, seed=seed))
     known, test = frame[frame["split"] != "test"], frame[frame["split"] == "test"]
     models, plans, router = train_models(engine, known, config, recipe, folder)
-    predictions = with_truth(route_and_score(engine, models, plans, router, test), test)
+    tables = route_and_score(engine, models, plans, router, test)
+    if normals is not None:
+        tables["deployable_screening"] = score_screening(engine, models, plans, router, tables["deployable"], normals)
+        test = pd.concat([test, normals], ignore_index=True)
+    predictions = with_truth(tables, test)
     predictions.insert(0, "seed", seed)
     write_predictions(predictions, folder / PREDICTIONS_FILE)
     outcome = {
@@ -226,10 +267,17 @@ def run_roi_aware(config: RoiAwareConfig, engine: Engine | None = None) -> Path:
     accelerator = make_accelerator(settings.train.mixed_precision)  # its main process holds the folder
     with run_folder.hold(config.output_dir, accelerator):
         check_run_folder(config)
-        frame = experiment_frame(read_manifest(config.manifest), settings.data)
-        write_json(Path(config.output_dir) / DATA_FILE, composition(frame))
+        manifest = read_manifest(config.manifest)
+        frame = experiment_frame(manifest, settings.data)
+        normals = screening_normals(manifest, frame) if config.population == "screening" else None
+        scored = frame[frame["split"] == "test"]["image_id"].tolist() + ([] if normals is None else normals["image_id"].tolist())
+        seen = images_seen_in_pretraining(config.init, scored)
+        if seen:
+            print(seen_warning(seen, len(scored), config.init), flush=True)
+        data = {**composition(frame), "normal_left_out": left_out_normals(manifest), SEEN_IN_PRETRAINING: seen, "test_images": len(scored)}
+        write_json(Path(config.output_dir) / DATA_FILE, data)
         engine = engine or FinetuneEngine(settings.eval.batch_size or settings.train.batch_size, settings.data.num_workers)
         for seed in config.seeds:
             print(f"seed {seed}:", flush=True)
-            run_seed(engine, frame, config, seed)
+            run_seed(engine, frame, config, seed, normals)
         return build_report(config)

@@ -1,14 +1,17 @@
 """The ROI-aware report as markdown: the tables of ``roi_report``'s JSON, numbers at three
 decimals with their 95 % intervals (or, where too many resamples left the metric undefined, why
-the interval is not shown), procedures that read test annotations flagged in every row."""
+the interval is not shown), procedures that read test annotations flagged in every row, the
+population scored said in words, and every number on test images the encoder was pretrained on
+marked."""
 
 from __future__ import annotations
 
 import math
 
 from vismae.data.manifest import VIEW_NAMES
-from vismae.experiments.roi_aware.rules import ANNOTATION_WARNING
+from vismae.experiments.roi_aware.rules import ANNOTATION_WARNING, NORMAL_LABEL, POPULATIONS
 from vismae.metrics import CLASSIFICATION_METRICS, UNRELIABLE_UNDEFINED_SHARE, interval_problem, undefined_share
+from vismae.models.formats.vismae_export import SEEN_IN_PRETRAINING, seen_mark, seen_warning
 
 METRIC_TITLES = {"sensitivity": "Sensitivity", "specificity": "Specificity", "f1": "F1",
                  "f_sens_spec": "F(Se, Sp)", "accuracy": "Accuracy", "roc_auc": "ROC AUC", "pr_auc": "PR AUC"}  # fmt: skip
@@ -42,32 +45,39 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def results_table(results: list[dict]) -> str:
+def _marked(title: str, mark: str) -> str:
+    return f"{title} {mark}" if mark else title
+
+
+def results_table(results: list[dict], mark: str = "") -> str:
+    """``mark`` follows every procedure's title (the test images seen in pretraining)."""
     header = ["Seed", "Procedure", "Scope", "n", "Positives"] + [METRIC_TITLES[m] for m in CLASSIFICATION_METRICS]
     rows = [
-        [row["seed"], row["title"], row["scope"], row["n"], row["positives"]]
+        [row["seed"], _marked(row["title"], mark), row["scope"], row["n"], row["positives"]]
         + [fmt_interval(row["metrics"][m]) for m in CLASSIFICATION_METRICS]
         for row in results
     ]
     return _table(header, rows)
 
 
-def summary_table(summary: list[dict]) -> str:
+def summary_table(summary: list[dict], mark: str = "") -> str:
     header = ["Procedure", "Scope", "Seeds"] + [METRIC_TITLES[m] for m in CLASSIFICATION_METRICS]
     rows = [
-        [row["title"], row["scope"], len(row["seeds"])] + [fmt_spread(row["metrics"][m]) for m in CLASSIFICATION_METRICS]
+        [_marked(row["title"], mark), row["scope"], len(row["seeds"])] + [fmt_spread(row["metrics"][m]) for m in CLASSIFICATION_METRICS]
         for row in summary
     ]
     return _table(header, rows)
 
 
-def comparison_table(comparison: dict) -> str:
+def comparison_table(comparison: dict, mark: str = "") -> str:
+    """The paper's rows and ours; ``mark`` follows our procedures' titles."""
     header = ["Source", "Procedure"] + [METRIC_TITLES[m] for m in CLASSIFICATION_METRICS]
     rows = []
     for entry in comparison["published"] + comparison["ours"]:
         metrics = entry["metrics"]
+        ours = entry in comparison["ours"]
         rows.append(
-            [entry["source"], entry["title"]]
+            [entry["source"], _marked(entry["title"], mark if ours else "")]
             + [fmt(metrics.get(m)) if m in metrics else "not reported" for m in CLASSIFICATION_METRICS]
         )
     return _table(header, rows)
@@ -98,10 +108,44 @@ def composition_lines(data: dict) -> list[str]:
     return lines
 
 
+def population_lines(experiment: dict, data: dict) -> list[str]:
+    """Which test images the numbers are of, in words: the paper's population always, the
+    screening population where the experiment scored it."""
+    left_out = (data.get("normal_left_out") or {}).get("test")
+    count = f" (here {left_out} test images)" if left_out is not None else ""
+    lines = [
+        f"Population: {POPULATIONS['paper']}{count}. A deployed model does not get to assume this: it reads every "
+        "screening image, most of them normal, so these numbers are the paper's population's, not a screening "
+        "programme's."
+    ]
+    if experiment.get("population") == "screening":
+        lines.append(
+            f"Screening population (population: screening): the deployable procedure is scored a second time on "
+            f"{POPULATIONS['screening']}{f' ({left_out} added)' if left_out is not None else ''}; its rows stand beside "
+            "the paper's population's. Its router and classifiers are the same models, trained on benign and "
+            f"malignant images only; the {NORMAL_LABEL} images are only scored."
+        )
+    else:
+        lines.append(f"(population: screening scores the deployable procedure with the {NORMAL_LABEL} test images added as negatives too.)")
+    return lines
+
+
+def seen_lines(experiment: dict, data: dict) -> tuple[list[str], str]:
+    """(the warning, the mark of every number) where the encoder was pretrained on test images."""
+    seen = data.get(SEEN_IN_PRETRAINING)
+    if not seen:
+        return [], ""
+    warning = seen_warning(seen, data.get("test_images", seen), experiment["init"])
+    return [f"{warning}. Every number below is marked {seen_mark(seen)}."], seen_mark(seen)
+
+
 def router_lines(routers: dict) -> list[str]:
+    def how(chosen_on: str) -> str:  # where it was chosen, or that the recipe fixed it
+        return chosen_on if chosen_on.startswith("fixed") else f"chosen on {chosen_on}"
+
     return [
         f"- seed {seed}: {router['kind']}, ROI present where its score >= {router['threshold']:.4g} "
-        f"(threshold chosen on {router['chosen_on']})"
+        f"(threshold {how(router['chosen_on'])})"
         for seed, router in routers.items()
     ]
 
@@ -123,6 +167,7 @@ def markdown(report: dict) -> str:
     recipe = experiment.get("recipe")  # reports written before recipes were named have none
     by_task = lambda rows, task: [row for row in rows if row["task"] == task]  # noqa: E731
     by_scope = lambda rows, scopes: [row for row in rows if row["scope"] in scopes]  # noqa: E731
+    warning, mark = seen_lines(experiment, report["data"])
     parts = [
         "# ROI-aware benign/malignant classification" + (f": {recipe['name']} recipe" if recipe else ""),
         *recipe_lines(recipe),
@@ -135,6 +180,8 @@ def markdown(report: dict) -> str:
         f"{100 * UNRELIABLE_UNDEFINED_SHARE:g} % of the resamples left a metric undefined (too few malignant or benign "
         "patients), its interval is marked unreliable instead of given. F(Se, Sp) is the harmonic mean of sensitivity "
         "and specificity, the paper's F-score.",
+        *population_lines(experiment, report["data"]),
+        *warning,
         "## The data before any model",
         "\n".join(composition_lines(report["data"])),
     ]
@@ -147,19 +194,19 @@ def markdown(report: dict) -> str:
             f"{published['positives']} malignant. The paper reports no intervals, no F1 and no AUC. "
             + comparison.get("f_score", "")
             + f" Its F-score stands in column {METRIC_TITLES['f_sens_spec']}, beside ours.",
-            comparison_table(comparison),
+            comparison_table(comparison, mark),
         ]
     for title, scopes in (("Merged test set", ("merged",)), ("Per view", VIEW_NAMES)):
-        parts += [f"## {title}", results_table(by_scope(by_task(results, "malignancy"), scopes))]
+        parts += [f"## {title}", results_table(by_scope(by_task(results, "malignancy"), scopes), mark)]
         if summary:
-            parts += ["Across seeds, mean ± sd (min-max):", summary_table(by_scope(by_task(summary, "malignancy"), scopes))]
+            parts += ["Across seeds, mean ± sd (min-max):", summary_table(by_scope(by_task(summary, "malignancy"), scopes), mark)]
     parts += [
         "## Router (ROI presence on the test set)",
         "\n".join(router_lines(report["routers"])),
         "Routing accuracy is the accuracy column; scored against the test annotations after routing.",
-        results_table(by_task(results, "roi_presence")),
+        results_table(by_task(results, "roi_presence"), mark),
     ]
     if summary:
-        parts += ["Across seeds, mean ± sd (min-max):", summary_table(by_task(summary, "roi_presence"))]
+        parts += ["Across seeds, mean ± sd (min-max):", summary_table(by_task(summary, "roi_presence"), mark)]
     parts += ["## Groups and the small-group rule", groups_table(report["groups"])]
     return "\n\n".join(parts) + "\n"

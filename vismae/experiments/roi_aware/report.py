@@ -4,6 +4,10 @@
 Built from the experiment folder alone (each seed's predictions.csv and outcome.json and the
 folder's data.json), so it can be rebuilt at any time without training.
 
+The population scored is the paper's, benign and malignant test images only (normal, BI-RADS 1,
+images left out); with ``population: screening`` the deployable procedure is scored a second
+time with the normal test images as negatives, and its rows stand beside the paper's.
+
 Threshold metrics (sensitivity, specificity, F1, the paper's F-score ``f_sens_spec``, accuracy)
 count each image's decision, made at the threshold of the model that scored it; ranking metrics (ROC AUC, PR AUC) rank the
 scores themselves, pooled across the models a procedure merges, as the paper merges them.
@@ -25,7 +29,7 @@ from vismae.experiments.roi_aware import paper_numbers
 from vismae.experiments.roi_aware.config import RoiAwareConfig
 from vismae.experiments.roi_aware.layout import DATA_FILE, OUTCOME_FILE, PREDICTIONS_FILE, REPORT_DIR, seed_dir
 from vismae.experiments.roi_aware.markdown import markdown
-from vismae.experiments.roi_aware.rules import PROCEDURES, procedure_label
+from vismae.experiments.roi_aware.rules import PROCEDURES, procedure_label, procedures_for
 from vismae.io import atomic_path, write_json, write_text
 from vismae.metrics import CLASSIFICATION_METRICS, metrics_with_ci, summarize_folds
 
@@ -105,6 +109,7 @@ def result_rows(predictions: pd.DataFrame, n_boot: int) -> list[dict]:
                     "title": procedure_label(procedure),
                     "uses_test_annotations": PROCEDURES[procedure].uses_test_annotations,
                     "task": PROCEDURES[procedure].task,
+                    "population": PROCEDURES[procedure].population,
                     "scope": scope,
                     **scored_metrics(part, n_boot),
                 }
@@ -126,6 +131,7 @@ def seed_summary(results: list[dict]) -> list[dict]:
                 "title": procedure_label(procedure),
                 "uses_test_annotations": PROCEDURES[procedure].uses_test_annotations,
                 "task": PROCEDURES[procedure].task,
+                "population": PROCEDURES[procedure].population,
                 "scope": scope,
                 "seeds": [row["seed"] for row in rows],
                 "metrics": {name: stats[name] for name in CLASSIFICATION_METRICS if name in stats},
@@ -219,6 +225,8 @@ def build_report(config: RoiAwareConfig) -> Path:
 
     out = Path(config.output_dir)
     predictions, outcomes = load_predictions(config)
+    # A folder scored for another population before: report this config's procedures only.
+    predictions = predictions[predictions["procedure"].isin(procedures_for(config.population))]
     # Every row names its recipe, so the CSVs of two runs concatenate into one comparison.
     results = [{"recipe": config.recipe, **row} for row in result_rows(predictions, config.finetune.eval.n_boot)]
     summary = [{"recipe": config.recipe, **row} for row in seed_summary(results)] if len(config.seeds) > 1 else []
@@ -229,11 +237,13 @@ def build_report(config: RoiAwareConfig) -> Path:
             "recipe": recipe_description(config),
             "seeds": list(config.seeds),
             "router": config.router.kind,
+            "population": config.population,
             "small_groups": dataclasses.asdict(config.small_groups),
             "n_boot": config.finetune.eval.n_boot,
         },
-        "procedures": {name: {"title": procedure_label(name), "uses_test_annotations": p.uses_test_annotations, "task": p.task}
-                       for name, p in PROCEDURES.items()},  # fmt: skip
+        "procedures": {name: {"title": procedure_label(name), "uses_test_annotations": PROCEDURES[name].uses_test_annotations,
+                              "task": PROCEDURES[name].task, "population": PROCEDURES[name].population}
+                       for name in procedures_for(config.population)},  # fmt: skip
         "data": json.loads((out / DATA_FILE).read_text()),
         "groups": outcomes[0]["groups"],  # the plan depends on the data alone: the same for every seed
         "routers": {str(outcome["seed"]): outcome["router"] for outcome in outcomes},

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from vismae.engine.finetune_config import FinetuneConfig
+from vismae.engine.finetune_config import FinetuneConfig, fixed_threshold
 from vismae.metrics import choose_threshold
 
 
@@ -69,7 +69,9 @@ def train_router(engine, rows: pd.DataFrame, kind: str, init: str, config: Finet
             raise ValueError(f"the {split} rows hold images {'with' if present.all() else 'without'} an ROI only; a router needs both")
     if kind == "classifier":
         result = engine.finetune(roi_presence_frame(rows, config), init, "classify", config, run_dir)
-        return Router(kind, Path(result.run_dir), float(result.threshold), "validation, by the finetuning engine")
+        rule = config.eval.threshold_rule
+        chosen_on = f"fixed by the recipe ({rule})" if fixed_threshold(rule) is not None else "validation, by the finetuning engine"
+        return Router(kind, Path(result.run_dir), float(result.threshold), chosen_on)
     if kind == "segmenter":
         result = engine.finetune(rows, init, "segment", segmenter_recipe(config), run_dir)
         val = rows[rows["split"] == "val"]

@@ -19,6 +19,14 @@ STRATA = {True: "with_roi", False: "without_roi"}
 # its label, BI-RADS, ROI shapes, mask or ROI presence: a deployed model has none of them.
 BLIND_COLUMNS = ("image_id", "patient_id", "study_id", "dataset", "path", "view", "laterality", "view_name", "split")
 ANNOTATION_WARNING = "USES TEST-TIME ANNOTATIONS"
+# The label of BI-RADS 1 (no finding) images, which the paper leaves out and screening does not.
+NORMAL_LABEL = "normal"
+POPULATIONS = {
+    "paper": "the benign and malignant images only (BI-RADS 2-5 where labels follow BI-RADS, as for VinDr); "
+    "normal (BI-RADS 1) images left out, as in the paper",
+    "screening": "the paper's test images and every normal (BI-RADS 1) test image as a negative, as a screening "
+    "programme reads them",
+}
 
 
 @dataclass(frozen=True)
@@ -26,6 +34,7 @@ class Procedure:
     title: str
     uses_test_annotations: bool  # does any test image's prediction depend on its annotation?
     task: str = "malignancy"  # what its decisions are scored against: malignancy or roi_presence
+    population: str = "paper"  # the test images it is scored on (POPULATIONS)
 
 
 PROCEDURES = {
@@ -34,7 +43,18 @@ PROCEDURES = {
     "annotation_only": Procedure("Annotation only: ROI annotated => malignant, no pixels", True),
     "deployable": Procedure("ROI-stratified, routed by a trained ROI-presence model (deployable)", False),
     "router": Procedure("Router: ROI presence predicted from pixels, scored against annotations", False, "roi_presence"),
+    # population: screening only. The same router and classifiers (trained on benign and
+    # malignant images), scored on the paper's test images plus the normal ones as negatives.
+    "deployable_screening": Procedure(
+        "ROI-stratified, routed by a trained ROI-presence model (deployable), screening population: "
+        "normal (BI-RADS 1) test images added as negatives", False, population="screening"
+    ),
 }
+
+
+def procedures_for(population: str) -> list[str]:
+    """The procedures an experiment with ``population`` (paper or screening) reports."""
+    return [name for name, procedure in PROCEDURES.items() if population == "screening" or procedure.population == "paper"]
 
 
 def procedure_label(name: str) -> str:

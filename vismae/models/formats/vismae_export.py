@@ -1,12 +1,19 @@
 """Our exported encoder, written and read: ``encoder.safetensors`` + ``encoder.json`` (a folder,
 or the two files side by side). It is what pretraining leaves for finetuning and what
 ``vismae convert-weights`` writes; the JSON holds the ``EncoderConfig`` and where the weights
-came from, so the encoder is rebuilt without guessing."""
+came from, so the encoder is rebuilt without guessing.
+
+Beside them a pretraining run leaves ``pretraining_images.csv``: the ``image_id`` of every image
+it pretrained on. A finetuning run or study started from those weights compares it with its own
+test images (``pretraining_images``): a test image the encoder has seen, even unlabelled, makes
+its test numbers transductive, and the reports say so."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -15,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from vismae.io import atomic_path, write_json
 from vismae.models.formats.checkpoint_types import Checkpoint
 from vismae.models.formats.tensor_files import is_safetensors, safetensors_metadata
+from vismae.models.random_init import is_random_init
 from vismae.models.swin import EncoderConfig, SwinEncoder
 
 ENCODER_FORMAT = "vismae-encoder"
@@ -22,6 +30,12 @@ ENCODER_FORMAT_VERSION = 1
 ENCODER_WEIGHTS = "encoder.safetensors"
 ENCODER_CONFIG = "encoder.json"
 FORMAT = ENCODER_FORMAT
+PRETRAINING_IMAGES = "pretraining_images.csv"
+PRETRAINING_IMAGES_COLUMN = "image_id"
+# The key under which runs and reports record how many of their test images the encoder saw.
+SEEN_IN_PRETRAINING = "test_images_seen_in_pretraining"
+# A pretraining checkpoint folder, RUN/checkpoints/step_XXXXXXX (vismae.run_folder's names).
+_CHECKPOINT_FOLDER = re.compile(r"^step_\d{7,}$")
 
 
 def export_encoder(encoder: SwinEncoder, folder: str | os.PathLike, source: dict) -> Path:
@@ -63,6 +77,74 @@ def load_exported_encoder(path: str | os.PathLike) -> SwinEncoder:
     encoder = SwinEncoder(EncoderConfig.from_dict(config))
     encoder.load_state_dict(state, strict=True)
     return encoder
+
+
+# ---------------------------------------------------------------------------------------------
+# The images an encoder was pretrained on.
+
+
+def write_pretraining_images(folder: str | os.PathLike, image_ids) -> Path:
+    """Write ``folder/pretraining_images.csv`` (atomically): one ``image_id`` a row."""
+    path = Path(folder) / PRETRAINING_IMAGES
+    with atomic_path(path) as temporary, open(temporary, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([PRETRAINING_IMAGES_COLUMN])
+        writer.writerows([str(image_id)] for image_id in image_ids)
+    return path
+
+
+def pretraining_images_file(init: str | os.PathLike | None) -> Path | None:
+    """The ``pretraining_images.csv`` that encoder source ``init`` carries: in an exported
+    encoder's folder (``init`` the folder or one of its files), a pretraining run folder, or the
+    run folder of a checkpoint (``RUN/checkpoints/step_*`` or a file in it). None for a random
+    init, a source that does not exist, or one whose folder has no list (foreign weights)."""
+    if init is None or str(init) == "" or is_random_init(init):
+        return None
+    path = Path(init).expanduser()
+    if not path.exists():
+        return None
+    folder = path if path.is_dir() else path.parent
+    candidates = [folder]
+    if _CHECKPOINT_FOLDER.match(folder.name) and folder.parent.name == "checkpoints":
+        candidates.append(folder.parent.parent)
+    return next((candidate / PRETRAINING_IMAGES for candidate in candidates if (candidate / PRETRAINING_IMAGES).is_file()), None)
+
+
+def pretraining_images(init: str | os.PathLike | None) -> list[str] | None:
+    """The image ids the encoder ``init`` was pretrained on, or None where it carries no list
+    (``pretraining_images_file``)."""
+    path = pretraining_images_file(init)
+    if path is None:
+        return None
+    with open(path, newline="") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header != [PRETRAINING_IMAGES_COLUMN]:
+            raise ValueError(f"{path}: expected one column named {PRETRAINING_IMAGES_COLUMN!r}, found header {header!r}")
+        return [row[0] for row in reader if row]
+
+
+def images_seen_in_pretraining(init: str | os.PathLike | None, image_ids) -> int | None:
+    """How many of ``image_ids`` (each counted once) the encoder ``init`` was pretrained on;
+    None where ``init`` carries no list, so nothing can be said."""
+    seen = pretraining_images(init)
+    if seen is None:
+        return None
+    return len({str(image_id) for image_id in image_ids} & set(seen))
+
+
+def seen_warning(seen: int, total: int, init: str | os.PathLike, images: str = "test images") -> str:
+    """The warning printed, and written into reports, where the encoder ``init`` was pretrained
+    on ``seen`` of the ``total`` images a run or study is judged on."""
+    return (
+        f"WARNING: the encoder {init} was pretrained on {seen} of the {total} {images} (its {PRETRAINING_IMAGES}), "
+        "unlabelled: the numbers on them are transductive, not those of unseen images"
+    )
+
+
+def seen_mark(seen: int) -> str:
+    """The mark reports put beside every number computed on images the encoder was pretrained on."""
+    return f"[{seen} SEEN IN PRETRAINING]"
 
 
 # ---------------------------------------------------------------------------------------------
