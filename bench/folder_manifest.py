@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
+
+from machine_info import machine  # bench/machine_info.py
 
 # Only the standard library at the top: a process pool's spawned workers import this module
 # again, and should pay for what the command's workers pay for (pydicom), nothing more.
@@ -140,21 +140,6 @@ def time_parse(paths: list[str]) -> dict:
     return {name: round(1000 * float(np.median(values)), 3) for name, values in seconds.items()}
 
 
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as cpuinfo:
-            names = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    versions = {}
-    for package in ("pydicom", "numpy"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), **versions}
-
-
 def run(root: Path, args: argparse.Namespace) -> dict:
     from vismae.data.sources import folder
 
@@ -186,7 +171,7 @@ def run(root: Path, args: argparse.Namespace) -> dict:
             "page_cache": "warm (files just written)",
             "load_average_1min": round(os.getloadavg()[0], 2),
         },
-        "machine": machine(),
+        "machine": machine("pydicom", "numpy"),
     }
 
 

@@ -9,15 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 
 import cv2
 import numpy as np
+from machine_info import machine  # bench/machine_info.py
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
 
 from vismae.data.cache import PrepareSettings, prepare_one
@@ -73,21 +72,6 @@ def time_format(path: Path, out_dir: Path, settings: PrepareSettings, repeats: i
     }
 
 
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as cpuinfo:
-            names = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    versions = {}
-    for package in ("torch", "pydicom", "pylibjpeg-openjpeg", "opencv-python-headless", "numpy"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), **versions}
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     cv2.setNumThreads(args.opencv_threads)
@@ -111,7 +95,7 @@ def main(argv=None) -> int:
             "opencv_threads": args.opencv_threads, "statistic": "median",
             "load_average_1min": round(os.getloadavg()[0], 2),
         },
-        "machine": machine(),
+        "machine": machine("torch", "pydicom", "pylibjpeg-openjpeg", "opencv-python-headless", "numpy"),
     }
     print(json.dumps(record))
     return 0

@@ -16,6 +16,7 @@ import time
 
 import timm
 import torch
+from machine_info import cpu_name  # bench/machine_info.py
 from timm.optim import create_optimizer_v2
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
@@ -78,13 +79,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def machine(device: torch.device) -> dict:
-    cpu = platform.processor() or platform.machine()
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as cpuinfo:
-            names = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
-        cpu = names[0] if names else cpu
     return {
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
@@ -150,14 +146,19 @@ CPU_ATTENTION_FLOPS = {
 }
 
 
-def count_flops(model, images, draw_mask, autocast_dtype) -> int:
-    """FLOPs of one forward + backward on ``images`` (the uncompiled model, gradients dropped)."""
+def count_flops(model, images, draw_mask, autocast_dtype, grad_checkpointing: bool = False) -> int:
+    """FLOPs of one forward + backward on ``images`` (the uncompiled model, gradients dropped).
+    Model FLOPs, as MFU counts them: activation checkpointing's recomputed forward is left out."""
     token_mask = draw_mask()
+    if grad_checkpointing:
+        model.set_grad_checkpointing(False)
     with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
         with torch.autocast(images.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             loss = model(images, token_mask).loss
         loss.backward()
     model.zero_grad(set_to_none=True)
+    if grad_checkpointing:
+        model.set_grad_checkpointing(True)
     return counter.get_total_flops()
 
 
@@ -205,8 +206,6 @@ def main(argv=None) -> int:
 
     for _ in range(args.warmup):
         train_step()
-    flops_per_image = count_flops(model, images, lambda: model.draw_mask(args.batch, device, generator), autocast_dtype)
-    flops_per_image /= args.batch
     synchronize()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -215,8 +214,14 @@ def main(argv=None) -> int:
         loss = train_step()
     synchronize()
     elapsed, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
-
+    # Read before counting FLOPs: the count runs without activation checkpointing, and the
+    # CPU figure is the process's peak so far.
     memory, memory_kind = peak_memory_mb(device)
+    flops_per_image = count_flops(
+        model, images, lambda: model.draw_mask(args.batch, device, generator), autocast_dtype, args.grad_checkpointing
+    )
+    flops_per_image /= args.batch
+
     images_per_s = args.batch * args.steps / elapsed
     achieved = flops_per_image * images_per_s
     peak, peak_source = peak_tflops(device, args.precision, args.peak_tflops)

@@ -12,8 +12,6 @@ from vismae.evaluation import (
     fit_on_validation,
     level_numbers,
     probabilistic_f1,
-    sensitivity_at_specificity,
-    specificity_at_sensitivity,
 )
 
 
@@ -26,9 +24,11 @@ def scored(n=300, seed=0):
 def test_operating_points_match_the_roc_curve():
     y, s = scored()
     fpr, tpr, _ = roc_curve(y, s)
-    assert sensitivity_at_specificity(y, s, 0.9) == pytest.approx(tpr[fpr <= 0.1].max())
-    assert specificity_at_sensitivity(y, s, 0.9) == pytest.approx((1 - fpr[tpr >= 0.9]).max())
-    assert np.isnan(sensitivity_at_specificity(np.ones(4), [0.1, 0.2, 0.3, 0.4]))
+    numbers = level_numbers(y, s)
+    assert numbers["sensitivity_at_90_specificity"] == pytest.approx(tpr[fpr <= 0.1].max())
+    assert numbers["specificity_at_90_sensitivity"] == pytest.approx((1 - fpr[tpr >= 0.9]).max())
+    one_class = level_numbers(np.ones(4), [0.1, 0.2, 0.3, 0.4])
+    assert np.isnan(one_class["sensitivity_at_90_specificity"]) and np.isnan(one_class["specificity_at_90_sensitivity"])
 
 
 def test_probabilistic_f1_on_a_hand_example():

@@ -86,7 +86,7 @@ def pretrain(settings: DemoSettings, caches: dict[str, Path]) -> Path:
     from vismae.config import load_pretrain_config
     from vismae.engine.pretrain import run
 
-    started = _stage("pretrain: Swin MAE on every cached image, labelled or not")
+    started = _stage("pretrain: Swin MAE on the cached train and val images, labelled or not (test images held out)")
     manifests = ",".join(str(cache / "manifest.csv") for cache in caches.values())
     config = load_pretrain_config(
         shipped_config("pretrain", "demo.yaml"),

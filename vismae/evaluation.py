@@ -68,31 +68,13 @@ def _both_classes(y_true: np.ndarray) -> bool:
 
 
 def _sensitivity_at(tpr: np.ndarray, fpr: np.ndarray, specificity: float) -> float:
+    """The highest sensitivity among thresholds whose specificity reaches ``specificity``."""
     return float(tpr[1 - fpr >= specificity - 1e-12].max())
 
 
 def _specificity_at(tpr: np.ndarray, fpr: np.ndarray, sensitivity: float) -> float:
+    """The highest specificity among thresholds whose sensitivity reaches ``sensitivity``."""
     return float((1 - fpr[tpr >= sensitivity - 1e-12]).max())
-
-
-def sensitivity_at_specificity(y_true, score, specificity: float = OPERATING_POINT) -> float:
-    """The highest sensitivity among thresholds whose specificity reaches ``specificity``;
-    NaN unless both classes are present."""
-    y_true, score = np.asarray(y_true, dtype=float), np.asarray(score, dtype=float)
-    if not _both_classes(y_true):
-        return NAN
-    _, tpr, fpr = _roc_points(y_true, score)
-    return _sensitivity_at(tpr, fpr, specificity)
-
-
-def specificity_at_sensitivity(y_true, score, sensitivity: float = OPERATING_POINT) -> float:
-    """The highest specificity among thresholds whose sensitivity reaches ``sensitivity``;
-    NaN unless both classes are present."""
-    y_true, score = np.asarray(y_true, dtype=float), np.asarray(score, dtype=float)
-    if not _both_classes(y_true):
-        return NAN
-    _, tpr, fpr = _roc_points(y_true, score)
-    return _specificity_at(tpr, fpr, sensitivity)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,8 +18,9 @@ from vismae.config import ConfigError, load_pretrain_config, to_dict
 from vismae.engine import checkpoint
 from vismae.engine.pretrain import build_model, run
 from vismae.engine.train_step import NonFiniteLossError
-from vismae.models.formats.vismae_export import PRETRAINING_IMAGES, images_seen_in_pretraining, load_exported_encoder
+from vismae.models.formats.vismae_export import ENCODER_WEIGHTS, PRETRAINING_IMAGES, images_seen_in_pretraining
 from vismae.models.mae import SwinMAE
+from vismae.models.weights import load_encoder
 from vismae.synthetic.cache import CacheImage
 
 
@@ -98,7 +99,7 @@ def test_the_run_folder_holds_everything(trained):
 @pytest.mark.slow
 def test_the_exported_encoder_is_the_trained_one(trained):
     model_weights = final_weights(trained)
-    encoder = load_exported_encoder(trained).eval()
+    encoder = load_encoder(trained / ENCODER_WEIGHTS, verbose=False).eval()
     for name, value in encoder.state_dict().items():
         assert torch.equal(value, model_weights[f"encoder.{name}"]), name
 
@@ -118,8 +119,8 @@ def test_init_starts_the_encoder_from_trained_weights(tmp_path, manifest, traine
     # max_steps=0: set up, load the starting weights, export them again untouched.
     init = trained / source
     run_dir = run(tiny_config(manifest, tmp_path / "run", **{"init": str(init), "train.max_steps": 0}))
-    started = load_exported_encoder(run_dir).state_dict()
-    source = load_exported_encoder(trained).state_dict()
+    started = load_encoder(run_dir / ENCODER_WEIGHTS, verbose=False).state_dict()
+    source = load_encoder(trained / ENCODER_WEIGHTS, verbose=False).state_dict()
     assert all(torch.equal(started[name], value) for name, value in source.items())
 
 

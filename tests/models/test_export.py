@@ -15,12 +15,13 @@ from vismae.models.formats.vismae_export import (
     export_encoder,
     images_seen_in_pretraining,
     is_export,
-    load_exported_encoder,
     pretraining_images,
+    read_exported_encoder,
     write_pretraining_images,
 )
 from vismae.models.presets import encoder_config
 from vismae.models.swin import SwinEncoder
+from vismae.models.weights import load_encoder
 
 
 def test_exported_encoder_reloads_with_the_same_weights_and_features(tmp_path):
@@ -38,7 +39,7 @@ def test_exported_encoder_reloads_with_the_same_weights_and_features(tmp_path):
     images = torch.rand(2, 1, 64, 64)
     for where in (tmp_path, weights, tmp_path / ENCODER_CONFIG):
         assert is_export(where)
-        loaded = load_exported_encoder(where).eval()
+        loaded = load_encoder(where, verbose=False).eval()
         assert loaded.config == encoder.config
         state = loaded.state_dict()
         assert state.keys() == encoder.state_dict().keys()
@@ -54,15 +55,15 @@ def test_a_foreign_or_incomplete_export_is_refused(tmp_path):
     (tmp_path / ENCODER_CONFIG).write_text(json.dumps({**description, "format": "something-else"}))
     assert not is_export(tmp_path)
     with pytest.raises(ValueError, match="format is 'something-else'"):
-        load_exported_encoder(tmp_path)
+        read_exported_encoder(tmp_path)
     (tmp_path / ENCODER_CONFIG).write_text(json.dumps({**description, "version": 99}))
     with pytest.raises(ValueError, match="version 99"):
-        load_exported_encoder(tmp_path)
+        load_encoder(tmp_path, verbose=False)
     (tmp_path / ENCODER_WEIGHTS).unlink()
     with pytest.raises(FileNotFoundError, match="encoder.safetensors"):
-        load_exported_encoder(tmp_path)
+        load_encoder(tmp_path, verbose=False)
     with pytest.raises(ValueError, match="expected an exported encoder"):
-        load_exported_encoder(tmp_path / "weights.pth")
+        read_exported_encoder(tmp_path / "weights.pth")
 
 
 def test_the_pretraining_image_list_is_found_beside_every_form_of_init(tmp_path):
@@ -88,3 +89,14 @@ def test_a_pretraining_image_list_without_its_header_is_refused(tmp_path):
     (tmp_path / PRETRAINING_IMAGES).write_text("path\nx.png\n")
     with pytest.raises(ValueError, match=r"pretraining_images.csv: expected one column named 'image_id'"):
         pretraining_images(tmp_path)
+
+
+def test_convert_weights_carries_the_pretraining_image_list(tmp_path, capsys):
+    from vismae.cli import main
+
+    export_encoder(SwinEncoder(encoder_config("tiny", 64)), tmp_path / "run", {"run": "test"})
+    write_pretraining_images(tmp_path / "run", ["a", "b"])
+    assert main(["convert-weights", str(tmp_path / "run" / ENCODER_WEIGHTS), str(tmp_path / "out")]) == 0
+    capsys.readouterr()
+    assert pretraining_images(tmp_path / "out") == ["a", "b"]
+    assert json.loads((tmp_path / "out" / ENCODER_CONFIG).read_text())["source"]["pretraining_images"] == 2

@@ -38,7 +38,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vismae import __version__
-    from vismae.models.formats.vismae_export import ENCODER_CONFIG, export_encoder, pretraining_images, write_pretraining_images
+    from vismae.models.formats.vismae_export import (
+        ENCODER_CONFIG,
+        PRETRAINING_IMAGES,
+        export_encoder,
+        pretraining_images,
+        write_pretraining_images,
+    )
     from vismae.models.weights import load_encoder_with_report
 
     destination = Path(args.dst)
@@ -62,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
     export_encoder(encoder, destination, source)
     if seen is not None:
         write_pretraining_images(destination, seen)
+    else:  # a replaced export's list would describe other weights
+        (destination / PRETRAINING_IMAGES).unlink(missing_ok=True)
     print(json.dumps({**report.summary(), "output": str(destination)}))
     return 0
 

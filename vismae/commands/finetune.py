@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 
+from vismae.commands import add_config_arguments
+
 HELP = "finetune an encoder into a benign/malignant classifier or an ROI segmenter"
 DESCRIPTION = (
     "Train on the cache's train rows, select the epoch and the decision threshold on its "
@@ -18,7 +20,9 @@ DESCRIPTION = (
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """The arguments of `vismae finetune` and of the repository's finetune.py, and what runs them."""
-    parser.add_argument("--config", required=True, help="finetuning YAML (configs/finetune/*.yaml)")
+    add_config_arguments(
+        parser, "finetuning YAML (configs/finetune/*.yaml)", "dotted overrides, e.g. init=random:tiny train.epochs=2"
+    )
     parser.add_argument(
         "--folds",
         type=int,
@@ -26,7 +30,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="K",
         help="k-fold cross-validation by patient over the non-test rows instead of one run",
     )
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. init=random:tiny train.epochs=2")
     parser.set_defaults(func=run)
 
 

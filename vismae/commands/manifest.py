@@ -40,40 +40,39 @@ def register(subparsers) -> None:
         "--allow-missing", action="store_true",
         help="drop images (and ROI masks) that are listed but not on disk instead of stopping",
     )
-    # Dataset options default to None so that naming one the dataset does not take is an error.
-    parser.add_argument(
+    # The dataset options go to the reader under their own names, and only when given (they
+    # default to None), so that naming one the dataset does not take is an error.
+    group = parser.add_argument_group("dataset options", "each for the datasets its help names")
+    reader_options = []
+
+    def reader_option(*flags, **settings):
+        reader_options.append(group.add_argument(*flags, default=None, **settings).dest)
+
+    reader_option(
         "--seed", type=int,
         help="seed of the patient-grouped 10:1 split (cdd-cesm, folder, rsna; table without a split column); default 0",
     )
-    parser.add_argument(
-        "--include-cesm", action="store_true", default=None,
-        help="cdd-cesm: add the subtracted (CM) images to the low-energy ones",
-    )
-    parser.add_argument(
-        "--paper-split", action="store_true", default=None,
+    reader_option("--include-cesm", action="store_true", help="cdd-cesm: add the subtracted (CM) images to the low-energy ones")
+    reader_option(
+        "--paper-split", action="store_true",
         help="cdd-cesm: the ROI paper's selection and split (Table 3): benign and malignant low-energy images, "
         "as many of each, 10:1 with as many of each in test, by patient (seeded by --seed)",
     )
-    parser.add_argument(
-        "--csv", type=Path, help="table: the CSV, when --root is the folder its relative paths start from"
-    )
-    parser.add_argument(
-        "--salt", help="folder: the secret that keys the hashed ids (default: the one kept in --salt-file)"
-    )
-    parser.add_argument(
+    reader_option("--csv", type=Path, help="table: the CSV, when --root is the folder its relative paths start from")
+    reader_option("--salt", help="folder: the secret that keys the hashed ids (default: the one kept in --salt-file)")
+    reader_option(
         "--salt-file", type=Path,
         help="folder: file holding the salt, drawn and written there on first use (default: OUT.salt); keep it private",
     )
-    parser.add_argument(
-        "--allow-for-processing", action="store_true", default=None,
-        help="folder: keep DICOMs marked FOR PROCESSING (raw detector data) too",
+    reader_option(
+        "--allow-for-processing", action="store_true", help="folder: keep DICOMs marked FOR PROCESSING (raw detector data) too"
     )
-    parser.add_argument("--workers", type=int, help="folder: header-reading threads (default: cores + 4, at most 32)")
-    parser.add_argument(
-        "--stratify-site", action="store_true", default=None,
+    reader_option("--workers", type=int, help="folder: header-reading threads (default: cores + 4, at most 32)")
+    reader_option(
+        "--stratify-site", action="store_true",
         help="rsna: split each site's patients separately, so both sites keep their share of test",
     )
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, reader_options=reader_options)
 
 
 def run(args) -> int:
@@ -88,12 +87,7 @@ def run(args) -> int:
     # Readers report what they dropped, moved or filled in through logging.
     logging.basicConfig(level=logging.INFO, format="vismae manifest: %(message)s")
 
-    chosen = {
-        "seed": args.seed, "include_cesm": args.include_cesm, "csv": args.csv, "salt": args.salt,
-        "salt_file": args.salt_file, "allow_for_processing": args.allow_for_processing,
-        "workers": args.workers, "stratify_site": args.stratify_site, "paper_split": args.paper_split,
-    }
-    options = {name: value for name, value in chosen.items() if value is not None}
+    options = {name: getattr(args, name) for name in args.reader_options if getattr(args, name) is not None}
     # Files kept beside the manifest, for the readers that write them.
     beside = {"report": report_beside(args.out), "salt_file": args.out.with_suffix(".salt")}
     takes = options_of(args.dataset)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from vismae.commands import add_config_arguments
+
 HELP = "pretrain a Swin MAE encoder on prepared caches"
 DESCRIPTION = (
     "Swin MAE pretraining. Run it through Accelerate, on one device or many: "
@@ -16,13 +18,14 @@ DESCRIPTION = (
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """The arguments of `vismae pretrain` and of the repository's pretrain.py, and what runs them."""
-    parser.add_argument("--config", required=True, help="YAML config, e.g. configs/pretrain/vismae.yaml")
+    add_config_arguments(
+        parser, "YAML config, e.g. configs/pretrain/vismae.yaml", "config overrides, e.g. train.max_steps=20"
+    )
     parser.add_argument(
         "--allow-config-change",
         action="store_true",
         help="resume a run folder even though its saved config differs in more than the run length",
     )
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.max_steps=20")
     parser.set_defaults(func=run)
 
 

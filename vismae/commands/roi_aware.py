@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from vismae.commands import add_config_arguments
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -17,9 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "finished model."
         ),
     )
-    parser.add_argument("--config", required=True, help="experiment YAML (configs/roi_aware/*.yaml)")
-    parser.add_argument(
-        "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. seeds=[0,1,2] finetune.train.epochs=2"
+    add_config_arguments(
+        parser, "experiment YAML (configs/roi_aware/*.yaml)", "dotted overrides, e.g. seeds=[0,1,2] finetune.train.epochs=2"
     )
     parser.add_argument("--report-only", action="store_true", help="rebuild the report from the finished run folder, without training")
     parser.set_defaults(func=run)

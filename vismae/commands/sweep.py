@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from vismae.commands import add_config_arguments
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -17,8 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "splits the runs between machines that share the sweep folder."
         ),
     )
-    parser.add_argument("--config", required=True, help="sweep YAML (configs/sweep/*.yaml)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. seeds=[0,1] inits.ours=runs/x/encoder.safetensors")
+    add_config_arguments(
+        parser, "sweep YAML (configs/sweep/*.yaml)", "dotted overrides, e.g. seeds=[0,1] inits.ours=runs/x/encoder.safetensors"
+    )
     parser.add_argument("--shard", default="0/1", metavar="I/N", help="run shard I of N: the runs whose index mod N is I (I from 0); default: all")
     parser.add_argument("--dry-run", action="store_true", help="list this shard's runs and their state, and train nothing")
     parser.set_defaults(func=run)

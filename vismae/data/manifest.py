@@ -79,12 +79,8 @@ class ManifestError(ValueError):
     """A manifest that breaks the contract; the message names the file, row and column."""
 
 
-def view_name(laterality: str, view: str) -> str:
-    """The four standard views of screening: RCC, LCC, RMLO, LMLO."""
-    return f"{laterality}{view}"
-
-
 def view_names(frame: pd.DataFrame) -> pd.Series:
+    """Each row's view among the four of screening (``VIEW_NAMES``): RCC, LCC, RMLO, LMLO."""
     return frame["laterality"].astype(str) + frame["view"].astype(str)
 
 

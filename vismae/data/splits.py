@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
 
-from vismae.data.manifest import SEVERITY, SPLITS, read_manifest, validate, write_manifest
+from vismae.data.manifest import SEVERITY, SPLITS, validate, write_manifest
 from vismae.io import write_json
 
 DEFAULT_FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
@@ -369,17 +369,3 @@ def save_splits(
         "manifests": list(targets),
     }
     return write_json(out_dir / SPLITS_FILE, record)
-
-
-def load_split(
-    out_dir: str | os.PathLike, fold: int | None = None, fraction: float | None = None
-) -> pd.DataFrame:
-    """Read back one manifest that ``save_splits`` wrote: the main one, a fold or a fraction."""
-    if fold is not None and fraction is not None:
-        raise ValueError("name a fold or a fraction, not both")
-    folder = Path(out_dir)
-    if fold is not None:
-        folder = folder / f"fold_{fold}"
-    elif fraction is not None:
-        folder = folder / fraction_name(fraction)
-    return read_manifest(folder / "manifest.csv")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from vismae.models.random_init import is_random_init
 from vismae import __version__
 from vismae.engine.deployable import DEPLOYMENT_FILE, Deployable, read_deployable
 from vismae.engine.predict import MODEL_CONFIG, MODEL_WEIGHTS, THRESHOLD_FILE
@@ -114,7 +115,7 @@ def _plain(init: str | None) -> str:
     """An init as the card shows it: a preset name as is, a path by its last part."""
     if not init:
         return "unknown"
-    return init if init.startswith("random:") else Path(init).name
+    return init if is_random_init(init) else Path(init).name
 
 
 def architecture(description: dict) -> str:

@@ -427,7 +427,9 @@ def cross_validate(
         if all(split in result.metrics for result in results)
     }
     if accelerator.is_main_process:
-        write_json(run_dir / "cv_metrics.json", {"k": k, "folds": [r.run_dir.name for r in results], "summary": summary})
+        seen = [r.metrics[SEEN_IN_PRETRAINING] for r in results if SEEN_IN_PRETRAINING in r.metrics]  # the same test rows in every fold
+        record = {"k": k, "folds": [r.run_dir.name for r in results], **({SEEN_IN_PRETRAINING: max(seen)} if seen else {})}
+        write_json(run_dir / "cv_metrics.json", {**record, "summary": summary})
     return CrossValidationResult(run_dir, results, summary)
 
 

@@ -246,13 +246,14 @@ def run_probe(
     from vismae.data.labelled_dataset import cache_image_size
     from vismae.data.manifest import read_manifest
     from vismae.io import write_json
+    from vismae.models.random_init import is_random_init
     from vismae.models.weights import load_encoder
 
     frame = read_manifest(manifest)
     if frame.empty:
         raise ValueError(f"{manifest}: the manifest has no rows to embed")
     image_size = cache_image_size(frame["path"].tolist()) if size is None else _pair(size)
-    if init.startswith("random:"):
+    if is_random_init(init):
         # A random encoder's draw is part of what is measured: seed it like a finetuning run.
         torch.manual_seed(seed)
     encoder = load_encoder(init, img_size=image_size, verbose=False)

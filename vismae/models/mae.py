@@ -13,7 +13,7 @@ from vismae.models.masking import pixel_mask, window_mask
 from vismae.models.presets import encoder_config
 from vismae.models.sparse_latent import LatentGrid
 from vismae.models.sparse_swin import SparseSwinEncoder, check_sparse_masking
-from vismae.models.swin import EncoderConfig, SwinEncoder
+from vismae.models.swin import EncoderConfig, SwinEncoder, check_config_keys
 
 
 @dataclass
@@ -53,10 +53,7 @@ class MAEConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> MAEConfig:
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown MAE config keys {unknown}; expected some of {sorted(known)}")
+        check_config_keys(cls, data, "MAE")
         if "encoder" not in data:
             raise ValueError("MAE config has no 'encoder' section")
         return cls(**{**data, "encoder": EncoderConfig.from_dict(data["encoder"])})

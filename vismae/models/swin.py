@@ -83,11 +83,16 @@ class EncoderConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> EncoderConfig:
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown encoder config keys {unknown}; expected some of {sorted(known)}")
+        check_config_keys(cls, data, "encoder")
         return cls(**data)
+
+
+def check_config_keys(config_class: type, data: dict, what: str) -> None:
+    """Refuse keys of ``data`` that are no field of the dataclass ``config_class``, naming them."""
+    known = {field.name for field in dataclasses.fields(config_class)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} config keys {unknown}; expected some of {sorted(known)}")
 
 
 class SwinEncoder(SwinTransformer):

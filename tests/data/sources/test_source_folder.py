@@ -61,7 +61,8 @@ def build_folder(root: Path, dicom_file) -> dict:
     b = root / "export" / "2021"
     mammogram(dicom_file, b / "B1" / "x.dcm", SECRET_B, study_b1, ViewPosition="MLO", ImageLaterality="R")
     mammogram(dicom_file, b / "B2" / "y", SECRET_B, study_b2, ViewPosition="MLO", ImageLaterality="R",
-              ViewCodeSequence=coded("399368009", "medio-lateral oblique", ("399197001", "implant displaced")))  # fmt: skip
+              ViewCodeSequence=coded("399368009", "medio-lateral oblique",
+                                     ("399197001", "implant displaced")))  # fmt: skip
 
     left = root / "export" / "other"
     mammogram(dicom_file, left / "ml.dcm", SECRET_A, study_a, ViewPosition="ML", ImageLaterality="L")
@@ -74,7 +75,8 @@ def build_folder(root: Path, dicom_file) -> dict:
               PresentationIntentType="FOR PROCESSING")  # fmt: skip
     mammogram(dicom_file, left / "ct.dcm", SECRET_B, study_b1, Modality="CT")
     mammogram(dicom_file, left / "both.dcm", SECRET_B, study_b1, ViewPosition="CC", ImageLaterality="B")
-    mammogram(dicom_file, left / "tomo.dcm", SECRET_B, study_b1, ViewPosition="CC", ImageLaterality="L", NumberOfFrames=2)
+    mammogram(dicom_file, left / "tomo.dcm", SECRET_B, study_b1, ViewPosition="CC", ImageLaterality="L",
+              NumberOfFrames=2)  # fmt: skip
     (left / "notes.txt").write_text(f"patient {SECRET_A}\n")
     shutil.copy(a / "IM0001", left / "copy_of_IM0001")
     # A download cut short in the header: a DICOM preamble, then the first 300 bytes of a file.
@@ -163,13 +165,13 @@ def test_command_writes_no_raw_identifier_anywhere_and_reuses_its_salt(tmp_path,
         assert raw not in outputs, raw
     # The salt kept beside the manifest gives the same ids on rerun.
     first = read_manifest(out)
-    assert cli("manifest", "--dataset", "folder", "--root", str(tmp_path / "data"), "--out", str(out), "--overwrite") == 0
+    rerun = ("manifest", "--dataset", "folder", "--root", str(tmp_path / "data"), "--out", str(out), "--overwrite")
+    assert cli(*rerun) == 0
     assert read_manifest(out)["image_id"].tolist() == first["image_id"].tolist()
     assert read_manifest(out)["patient_id"].tolist() == first["patient_id"].tolist()
     # A salt given on the command line wins, and is not written anywhere.
     salt = salt_file.read_text()
-    assert cli("manifest", "--dataset", "folder", "--root", str(tmp_path / "data"), "--out", str(out),
-               "--overwrite", "--salt", "given") == 0  # fmt: skip
+    assert cli(*rerun, "--salt", "given") == 0
     assert set(read_manifest(out)["image_id"]).isdisjoint(first["image_id"]) and salt_file.read_text() == salt
     assert "given" not in out.read_text() + report.read_text()
 

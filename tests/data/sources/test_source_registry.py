@@ -6,7 +6,7 @@ from vismae.data import sources
 
 
 def test_registry_names_every_reader_and_refuses_foreign_options(tmp_path):
-    assert set(sources.READERS) == {"vindr", "cdd-cesm", "cbis-ddsm", "table"}
+    assert set(sources.READERS) == {"vindr", "cdd-cesm", "cbis-ddsm", "table", "rsna", "folder"}
     assert sources.options_of("cdd-cesm") == {"include_cesm", "paper_split", "seed", "allow_missing"}
     assert sources.options_of("vindr") == {"allow_missing"}
     with pytest.raises(ValueError, match="dataset vindr takes no option seed"):

@@ -60,7 +60,8 @@ def build_rsna(root: Path, dicom_file, women: int = 24) -> list[dict]:
     for row in rows:
         dicom_file(root / "train_images" / row["patient_id"] / f"{row['image_id']}.dcm", PatientID=row["patient_id"])
     test = [{"site_id": 2, "patient_id": "99999", "image_id": f"t{view}", "laterality": "R", "view": view,
-             "age": 50, "implant": 0, "machine_id": 21, "prediction_id": "99999_R"} for view in ("CC", "MLO")]  # fmt: skip
+             "age": 50, "implant": 0, "machine_id": 21, "prediction_id": "99999_R"}
+            for view in ("CC", "MLO")]  # fmt: skip
     write_csv(root / "test.csv", TEST_COLUMNS, test)
     for row in test:
         dicom_file(root / "test_images" / row["patient_id"] / f"{row['image_id']}.dcm")
@@ -131,7 +132,8 @@ def test_missing_files_bad_values_and_sites(tmp_path, dicom_file):
         rsna.read(tmp_path / "bad", allow_missing=True)
     bad[2]["cancer"], bad[3]["site_id"] = 0, "2" if bad[3]["site_id"] == "1" else "1"
     write_csv(tmp_path / "bad" / "train.csv", TRAIN_COLUMNS, bad)
-    with pytest.raises(SourceError, match=r"train.csv, line 5: patient 10000 is at site '.' here but at '.' at .*line 2"):
+    moved = r"train.csv, line 5: patient 10000 is at site '.' here but at '.' at .*line 2"
+    with pytest.raises(SourceError, match=moved):
         rsna.read(tmp_path / "bad", allow_missing=True, stratify_site=True)
 
 
@@ -158,7 +160,8 @@ def test_jpeg2000_monochrome1_images_decode_through_prepare(tmp_path, dicom_file
                WindowWidth=4000)  # fmt: skip
     dicom_file(root / "train_images" / "2" / "200.dcm", stored, bits_stored=12, WindowCenter=2020, WindowWidth=4000)
     written = pydicom.dcmread(root / "train_images" / "1" / "100.dcm", stop_before_pixels=True)
-    assert written.file_meta.TransferSyntaxUID == JPEG2000Lossless and written.PhotometricInterpretation == "MONOCHROME1"
+    assert written.file_meta.TransferSyntaxUID == JPEG2000Lossless
+    assert written.PhotometricInterpretation == "MONOCHROME1"
     manifest = tmp_path / "rsna.csv"
     assert cli("manifest", "--dataset", "rsna", "--root", str(root), "--out", str(manifest)) == 0
     summary = prepare(manifest, tmp_path / "cache", size=(64, 48), workers=1, progress=False)

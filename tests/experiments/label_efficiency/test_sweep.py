@@ -19,7 +19,8 @@ import pytest
 import yaml
 
 from vismae.config import ConfigError
-from vismae.data.splits import label_fractions, load_split
+from vismae.data.manifest import read_manifest
+from vismae.data.splits import fraction_name, label_fractions
 from vismae.experiments.label_efficiency.sweep import (
     RunSpec,
     parse_shard,
@@ -122,10 +123,10 @@ def test_subsets_are_nested_stratified_grouped_and_shared_by_inits(manifest, tmp
             held = rows[rows["split"] == "test"].reset_index(drop=True)
             pd.testing.assert_frame_equal(held, full[full["split"] == "test"].reset_index(drop=True))
             # Saved in the sweep folder, as trained on.
-            saved = load_split(tmp_path / "subsets" / f"s{seed}", fraction=fraction)
+            saved = read_manifest(tmp_path / "subsets" / f"s{seed}" / fraction_name(fraction) / "manifest.csv")
             assert sorted(saved["image_id"]) == sorted(rows["image_id"])
     # The training draw is the one a sweep made before validation shrank (train only).
-    base = load_split(tmp_path / "subsets" / "s0")
+    base = read_manifest(tmp_path / "subsets" / "s0" / "manifest.csv")
     assert train_patients(label_fractions(base, (0.25,), seed=0)[0.25]) == train_patients(frames["f0.25_init-ours_s0"])
     # Labels used: training and validation images, as results.json records them.
     result = json.loads((tmp_path / "runs" / "f0.25_init-ours_s0" / "result.json").read_text())
@@ -357,7 +358,7 @@ def test_a_sweep_through_the_real_finetuning_engine(tmp_path, synthetic_cache):
         assert (run_dir / "model.safetensors").is_file()
     # What the engine trained on is the sweep's subset.
     trained = pd.read_csv(tmp_path / "sweep" / "runs" / "f0.5_init-random_s0" / "manifest.csv")
-    subset = load_split(tmp_path / "sweep" / "subsets" / "s0", fraction=0.5)
+    subset = read_manifest(tmp_path / "sweep" / "subsets" / "s0" / "fraction_0.5" / "manifest.csv")
     assert sorted(trained.query("split == 'train'")["image_id"]) == sorted(subset.query("split == 'train'")["image_id"])
     assert results.loc["f0.5_init-random_s0", "train_images"] < results.loc["f1_init-random_s0", "train_images"]
     assert (tmp_path / "sweep" / "report" / "label_efficiency.png").read_bytes().startswith(b"\x89PNG")

@@ -190,6 +190,23 @@ def test_paper_numbers_hold_the_printed_tables():
         assert tuple(table.stratified[m] for m in paper_numbers.PUBLISHED_METRICS) == stratified
 
 
+def implied_f1(row: dict[str, float], test_set: paper_numbers.TestSet) -> dict[str, float]:
+    """The F1 that a published sensitivity and specificity would give on the published test
+    set: binary (malignant as positive) and support-weighted over both classes; what shows
+    that the paper's F-score is not an F1."""
+    positives, negatives = test_set.positives, test_set.n - test_set.positives
+    tp = row["sensitivity"] * positives
+    tn = row["specificity"] * negatives
+    fn, fp = positives - tp, negatives - tn
+
+    def f1(hits: float, false_alarms: float, misses: float) -> float:
+        denominator = 2 * hits + false_alarms + misses
+        return 2 * hits / denominator if denominator else float("nan")
+
+    malignant, benign = f1(tp, fp, fn), f1(tn, fn, fp)
+    return {"binary": malignant, "weighted": (malignant * positives + benign * negatives) / test_set.n}
+
+
 def test_the_papers_f_score_is_the_harmonic_mean_of_sensitivity_and_specificity():
     cells = [(table, row) for table in paper_numbers.TABLES for row in (table.comparative, table.stratified)]
     assert len(cells) == 8
@@ -197,7 +214,7 @@ def test_the_papers_f_score_is_the_harmonic_mean_of_sensitivity_and_specificity(
     for table, row in cells:
         reproduced = metrics.f_sens_spec(row["sensitivity"], row["specificity"])
         assert round(reproduced, 2) == pytest.approx(row["f_sens_spec"]), (table.table, row)
-        implied = paper_numbers.implied_f1(row, paper_numbers.TEST_SETS[table.dataset])
+        implied = implied_f1(row, paper_numbers.TEST_SETS[table.dataset])
         binary_misses += round(implied["binary"], 2) != row["f_sens_spec"]
     assert binary_misses > 0  # binary F1 is not the paper's F-score
 
@@ -205,7 +222,7 @@ def test_the_papers_f_score_is_the_harmonic_mean_of_sensitivity_and_specificity(
 def test_implied_f1_of_a_published_table():
     table5 = paper_numbers.published_for("vindr")[0]
     assert table5.table == 5
-    implied = paper_numbers.implied_f1(table5.stratified, paper_numbers.TEST_SETS["vindr"])
+    implied = implied_f1(table5.stratified, paper_numbers.TEST_SETS["vindr"])
     # 0.93 x 198 malignant found, 0.13 x 1120 benign called malignant.
     tp, fp, fn = 0.93 * 198, 0.13 * 1120, 0.07 * 198
     assert implied["binary"] == pytest.approx(2 * tp / (2 * tp + fp + fn))

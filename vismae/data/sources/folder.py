@@ -32,7 +32,7 @@ from vismae.data.splits import train_test_by_patient
 
 log = logging.getLogger(__name__)
 
-# Below this many files one process reads them all: starting workers would cost more.
+# Below this many files one thread reads them all: a pool would gain nothing.
 PARALLEL_FROM = 256
 
 
@@ -64,7 +64,9 @@ def read(
         root, len(rows), len(paths), count_reasons(left_out), listed,
     )
     if not rows:
-        raise SourceError(f"{root}: no screening mammogram among {len(paths)} files (left out {count_reasons(left_out)})")
+        raise SourceError(
+            f"{root}: no screening mammogram among {len(paths)} files (left out {count_reasons(left_out)})"
+        )
     frame = new_frame(rows)
     frame["split"] = train_test_by_patient(frame["patient_id"], frame["label"], seed=seed)
     return frame

@@ -43,7 +43,7 @@ def salt_from_file(path: Path) -> str:
     with atomic_path(path) as temporary:
         temporary.write_text(salt + "\n")
         os.chmod(temporary, 0o600)
-    log.info("drew a new salt and stored it in %s: keep that file private, and keep it to get the same ids on rerun", path)
+    log.info("drew a new salt into %s: keep that file private, and keep it for the same ids on rerun", path)
     return salt
 
 

@@ -141,7 +141,7 @@ def predict_routed(folder: str | Path, source: str | Path, out_dir: str | Path, 
                   "router": {"kind": router_info["kind"], "threshold": router_info["threshold"]}},  # fmt: skip
         "routes": {str(group): int(n) for group, n in groups.value_counts().sort_index().items()},
         "models_used": {str(key): int(n) for key, n in keys.value_counts().sort_index().items()},
-        "thresholds": {key: entry.get("threshold", entry.get("constant")) for key, entry in models.items()},
+        "models": {key: {name: value for name, value in entry.items() if name != "run_dir"} for key, entry in models.items()},
         "device": choose_device_note(router_runner),
         "preprocessing": preprocessing,
         "notes": [

@@ -83,22 +83,3 @@ def published_for(dataset: str) -> list[PublishedTable]:
     if not tables:
         raise ValueError(f"the paper publishes no results for {dataset!r}; it has {', '.join(DATASETS)}")
     return sorted(tables, key=lambda table: table.model != "Swin Transformer")
-
-
-def implied_f1(row: dict[str, float], test_set: TestSet) -> dict[str, float]:
-    """The F1 that a published sensitivity and specificity would give on the published test
-    set: binary (malignant as positive) and support-weighted over both classes. Kept to show
-    why the paper's F-score is not an F1: Table 5's sensitivity 0.93 and specificity 0.87 on
-    198 of 1,318 malignant give a binary F1 near 0.70, where the paper prints 0.90.
-    """
-    positives, negatives = test_set.positives, test_set.n - test_set.positives
-    tp = row["sensitivity"] * positives
-    tn = row["specificity"] * negatives
-    fn, fp = positives - tp, negatives - tn
-
-    def f1(hits: float, false_alarms: float, misses: float) -> float:
-        denominator = 2 * hits + false_alarms + misses
-        return 2 * hits / denominator if denominator else float("nan")
-
-    malignant, benign = f1(tp, fp, fn), f1(tn, fn, fp)
-    return {"binary": malignant, "weighted": (malignant * positives + benign * negatives) / test_set.n}

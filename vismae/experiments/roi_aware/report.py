@@ -102,19 +102,19 @@ def result_rows(predictions: pd.DataFrame, n_boot: int) -> list[dict]:
             part = table if scope == "merged" else table[table["view_name"] == scope]
             if part.empty:
                 continue
-            rows.append(
-                {
-                    "seed": int(seed),
-                    "procedure": procedure,
-                    "title": procedure_label(procedure),
-                    "uses_test_annotations": PROCEDURES[procedure].uses_test_annotations,
-                    "task": PROCEDURES[procedure].task,
-                    "population": PROCEDURES[procedure].population,
-                    "scope": scope,
-                    **scored_metrics(part, n_boot),
-                }
-            )
+            rows.append({"seed": int(seed), **_described(procedure), "scope": scope, **scored_metrics(part, n_boot)})
     return rows
+
+
+def _described(procedure: str) -> dict:
+    """What every result entry says of its procedure, beside the numbers."""
+    return {
+        "procedure": procedure,
+        "title": procedure_label(procedure),
+        "uses_test_annotations": PROCEDURES[procedure].uses_test_annotations,
+        "task": PROCEDURES[procedure].task,
+        "population": PROCEDURES[procedure].population,
+    }
 
 
 def seed_summary(results: list[dict]) -> list[dict]:
@@ -127,11 +127,7 @@ def seed_summary(results: list[dict]) -> list[dict]:
         stats = summarize_folds([row["metrics"] for row in rows])
         summary.append(
             {
-                "procedure": procedure,
-                "title": procedure_label(procedure),
-                "uses_test_annotations": PROCEDURES[procedure].uses_test_annotations,
-                "task": PROCEDURES[procedure].task,
-                "population": PROCEDURES[procedure].population,
+                **_described(procedure),
                 "scope": scope,
                 "seeds": [row["seed"] for row in rows],
                 "metrics": {name: stats[name] for name in CLASSIFICATION_METRICS if name in stats},

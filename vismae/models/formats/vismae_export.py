@@ -23,7 +23,7 @@ from vismae.io import atomic_path, write_json
 from vismae.models.formats.checkpoint_types import Checkpoint
 from vismae.models.formats.tensor_files import is_safetensors, safetensors_metadata
 from vismae.models.random_init import is_random_init
-from vismae.models.swin import EncoderConfig, SwinEncoder
+from vismae.models.swin import SwinEncoder
 
 ENCODER_FORMAT = "vismae-encoder"
 ENCODER_FORMAT_VERSION = 1
@@ -69,14 +69,6 @@ def read_exported_encoder(path: str | os.PathLike) -> tuple[dict, dict[str, torc
             f"{description_path}: version {description.get('version')!r}; this vismae reads version {ENCODER_FORMAT_VERSION}"
         )
     return description["encoder"], load_file(str(weights))
-
-
-def load_exported_encoder(path: str | os.PathLike) -> SwinEncoder:
-    """Rebuild a ``SwinEncoder`` from an exported folder or file, weights loaded strictly."""
-    config, state = read_exported_encoder(path)
-    encoder = SwinEncoder(EncoderConfig.from_dict(config))
-    encoder.load_state_dict(state, strict=True)
-    return encoder
 
 
 # ---------------------------------------------------------------------------------------------
