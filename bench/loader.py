@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
 from pretrain import machine, parse_size  # bench/pretrain.py: the same machine record and size syntax
 
 from vismae.config import load_pretrain_config
@@ -46,6 +47,10 @@ def synthetic_manifest(folder: Path, images: int, size: tuple[int, int], bits: i
 
 
 def measure(args: argparse.Namespace, folder: Path) -> dict:
+    if args.workers == 0:
+        # One thread, as torch gives each DataLoader worker: then --workers 0 costs what one worker
+        # does. (Several threads stacking a small batch wait on each other on a busy machine.)
+        torch.set_num_threads(1)
     started = time.perf_counter()
     manifest = synthetic_manifest(folder, args.images, args.size, args.bits)
     cache_s = time.perf_counter() - started
@@ -69,12 +74,12 @@ def measure(args: argparse.Namespace, folder: Path) -> dict:
     for _ in batches:
         pass
     images = 0
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     for epoch in range(1, args.epochs + 1):
         sampler.set_epoch(epoch)
         for batch in loader:
             images += batch["image"].shape[0]
-    elapsed = time.perf_counter() - started
+    elapsed, cpu_s = time.perf_counter() - started, time.process_time() - started_cpu
     rate = images / elapsed
     return {
         "benchmark": "loader",
@@ -83,6 +88,9 @@ def measure(args: argparse.Namespace, folder: Path) -> dict:
         # Workers decode in parallel; with fewer cores than workers this is a floor, not a rate.
         "images_per_s_per_worker": round(rate / max(args.workers, 1), 2),
         "megapixels_per_s": round(rate * args.size[0] * args.size[1] / 1e6, 2),
+        # CPU seconds of this process per image: with --workers 0 the whole cost of loading one
+        # image (steadier than the rate on a busy machine), with workers only the batches' hand-over.
+        "main_process_cpu_s_per_image": round(cpu_s / images, 5),
         "worker_startup_s": round(startup_s, 3),
         "cache_build_s": round(cache_s, 2),
         "config": {
@@ -94,14 +102,8 @@ def measure(args: argparse.Namespace, folder: Path) -> dict:
             "epochs": args.epochs,
             "augment": args.augment,
         },
-        "machine": machine_record(),
+        "machine": machine(torch.device("cpu")),
     }
-
-
-def machine_record() -> dict:
-    import torch
-
-    return machine(torch.device("cpu"))
 
 
 def main(argv=None) -> int:

@@ -41,15 +41,22 @@ def _number(value, digits: int) -> str:
     return "" if value is None else f"{value:,.{digits}f}"
 
 
+def _rate(value) -> str:
+    """A rate with its significant digits, from compile-bound 0.0123 to 12,345."""
+    if value is None:
+        return ""
+    return f"{value:,.0f}" if value >= 100 else f"{value:.1f}" if value >= 1 else f"{value:.3g}"
+
+
 def row(record: dict) -> list[str]:
     label = record.get("label") or ""
     if "error" in record:
         return [label] + [""] * (len(COLUMNS) - 2) + [record["error"]]
     config = record["config"]
     if record["benchmark"] == "loader":
-        note = f"{record['images_per_s_per_worker']:,.1f} img/s per worker"
+        note = f"{_rate(record['images_per_s_per_worker'])} img/s per worker"
         return [label, f"loader, {config['workers']} workers", "", "", _size(config), "", str(config["batch"]),
-                _number(record["images_per_s"], 1), "", "", "", note]  # fmt: skip
+                _rate(record["images_per_s"]), "", "", "", note]  # fmt: skip
     path = ("sparse" if config["sparse"] else "dense") + f", {config['decoder']}"
     note = f"{config['preset']}, window {config['window_size']}, {config['mask_unit_px']} px units"
     if record.get("peak_source") and not record.get("mfu"):
@@ -63,7 +70,7 @@ def row(record: dict) -> list[str]:
         _size(config),
         "on" if config["grad_checkpointing"] else "off",
         str(config["batch"]),
-        _number(record["images_per_s"], 1),
+        _rate(record["images_per_s"]),
         _number(record["gflops_per_image"], 1),
         "" if mfu is None else f"{100 * mfu:.1f} %",
         _number(record["peak_memory_mb"], 0),

@@ -228,6 +228,8 @@ def build_model(config: FinetuneConfig, image_size: tuple[int, int], verbose: bo
     encoder.mask_token.requires_grad_(False)
     if config.task == "classify":
         head = {"num_classes": 2, "pool": model_settings.pool, "dropout": model_settings.head_dropout}
+        if model_settings.head_stages != "last":  # model.json of last-stage heads stays as it was
+            head["stages"] = model_settings.head_stages
         classes = [config.data.negative, config.data.positive]
     else:
         head = {"num_classes": 2, "decoder": model_settings.decoder}

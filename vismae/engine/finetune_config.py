@@ -69,6 +69,9 @@ class FinetuneModel:
     drop_path: float = 0.1  # stochastic depth of the encoder, rising to this in the last block
     head_dropout: float = 0.0
     pool: Literal["avg", "max", "avgmax", "catavgmax"] = "avg"  # the classifier's global pooling (timm's global_pool)
+    # Which encoder stages the classifier reads: last (norm, pool, linear on the last map) or
+    # all (mean and max of every stage's map, BatchNorm, linear; pool does not apply). Swin only.
+    head_stages: Literal["last", "all"] = "last"
     decoder: Literal["swin", "conv"] = "swin"  # the segmenter's up path: Swin-UNet (VIS-MAE) or UNETR conv blocks
     # Fold the init weights' known input normalization (ImageNet's for supervised Swins,
     # VIS-MAE's for reference checkpoints) into the patch embedding, so [0, 1] pixels fit them.
@@ -81,6 +84,10 @@ class FinetuneModel:
             require(key not in self.overrides, f"model.overrides.{key}: set it with {where}")
         require(0.0 <= self.head_dropout < 1.0, f"model.head_dropout must be in [0, 1), got {self.head_dropout}")
         require(bool(self.backbone), f"model.backbone: give {SWIN_BACKBONE} or a timm model name, e.g. convnextv2_tiny")
+        require(
+            self.head_stages == "last" or self.backbone == SWIN_BACKBONE,
+            f"model.head_stages {self.head_stages} needs model.backbone {SWIN_BACKBONE}; timm backbones keep their own head",
+        )
         if self.backbone != SWIN_BACKBONE:
             require(
                 not self.overrides,

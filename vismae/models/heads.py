@@ -55,13 +55,49 @@ class _EncoderWrapper(nn.Module):
         return {f"encoder.{name}" for name in self.encoder.no_weight_decay()}
 
 
-class SwinClassifier(_EncoderWrapper):
-    def __init__(self, encoder: SwinEncoder, num_classes: int = 2, pool: str = "avg", dropout: float = 0.0):
+class StagePoolHead(nn.Module):
+    """Every stage's NCHW map -> its mean and max over positions, concatenated -> BatchNorm
+    without affine (the MAE linear probe's norm: features of very different scales made
+    comparable) -> dropout -> linear. Early stages keep what a small finding looks like, which
+    the last stage's few positions may have pooled away."""
+
+    def __init__(self, stage_dims: tuple[int, ...], num_classes: int = 2, dropout: float = 0.0):
         super().__init__()
+        features = 2 * sum(stage_dims)
+        self.norm = nn.BatchNorm1d(features, affine=False)
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(features, num_classes)
+        trunc_normal_(self.fc.weight, std=0.02)
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(self, maps: list[Tensor]) -> Tensor:
+        pooled = torch.cat([pool for stage in maps for pool in (stage.mean(dim=(2, 3)), stage.amax(dim=(2, 3)))], dim=1)
+        return self.fc(self.drop(self.norm(pooled)))
+
+
+HEAD_STAGES = ("last", "all")
+
+
+class SwinClassifier(_EncoderWrapper):
+    """``stages="last"``: the head reads the last stage's map (norm, pool, dropout, linear);
+    ``"all"``: a ``StagePoolHead`` reads every stage's map, and ``pool`` does not apply."""
+
+    def __init__(
+        self, encoder: SwinEncoder, num_classes: int = 2, pool: str = "avg", dropout: float = 0.0, stages: str = "last"
+    ):
+        super().__init__()
+        if stages not in HEAD_STAGES:
+            raise ValueError(f"unknown head stages {stages!r}; choose one of {', '.join(HEAD_STAGES)}")
         self.encoder = encoder
-        self.head = ClassificationHead(encoder.num_features, num_classes, pool, dropout)
+        self.stages = stages
+        if stages == "all":
+            self.head = StagePoolHead(encoder.config.stage_dims, num_classes, dropout)
+        else:
+            self.head = ClassificationHead(encoder.num_features, num_classes, pool, dropout)
 
     def forward(self, images: Tensor) -> Tensor:
+        if self.stages == "all":
+            return self.head(self.encoder.forward_intermediates(images, norm=True, intermediates_only=True))
         return self.head(self.encoder.forward_features(images))
 
 
@@ -179,10 +215,12 @@ def build_task_model(
     pool: str = "avg",
     dropout: float = 0.0,
     decoder: str = "swin",
+    stages: str = "last",
 ) -> nn.Module:
-    """The classifier (``task="classify"``) or segmenter (``"segment"``) on ``encoder``."""
+    """The classifier (``task="classify"``, its head on the last or on every stage) or
+    segmenter (``"segment"``) on ``encoder``."""
     if task == "classify":
-        return SwinClassifier(encoder, num_classes, pool, dropout)
+        return SwinClassifier(encoder, num_classes, pool, dropout, stages)
     if task == "segment":
         return SwinSegmenter(encoder, num_classes, decoder)
     raise ValueError(f"unknown task {task!r}; expected classify or segment")
