@@ -370,6 +370,27 @@ class DebugSection:
 
 
 @dataclass
+class MonitorSection:
+    # Every few epochs, a linear probe and a kNN classifier read benign vs malignant from the
+    # encoder being trained: fitted on a labelled cache's train rows, scored by ROC AUC on its
+    # val rows (carved from train by patient when it has none), logged to TensorBoard
+    # (monitor/*) and log.jsonl. Off unless a manifest is given; the cache must have the
+    # pretraining image size. It never touches the training's randomness.
+    manifest: str | None = None  # a prepared, labelled cache's manifest.csv
+    every_epochs: int = 5
+    stages: str = "all"  # the encoder stages pooled into features: last, all, or numbers like 0,3
+
+    def validate(self) -> None:
+        require(self.every_epochs >= 1, f"monitor.every_epochs must be >= 1, got {self.every_epochs}")
+        text = str(self.stages).strip().lower()
+        numbers = [part.strip().lstrip("-") for part in text.split(",")]
+        require(
+            text in ("last", "all") or all(part.isdigit() for part in numbers),
+            f"monitor.stages must be last, all or stage numbers like 0,3, got {self.stages!r}",
+        )
+
+
+@dataclass
 class PretrainConfig:
     output_dir: str = "runs/pretrain"  # the run folder; running again resumes it
     init: str | None = None  # start the encoder from these weights (an exported encoder)
@@ -379,12 +400,16 @@ class PretrainConfig:
     log: LogSection = field(default_factory=LogSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     debug: DebugSection = field(default_factory=DebugSection)
+    monitor: MonitorSection = field(default_factory=MonitorSection)
 
     def with_absolute_paths(self) -> PretrainConfig:
         """Paths resolved against the working directory, so that the saved config names the
         same files whichever folder a later resume is started from."""
         data = dataclasses.replace(self.data, manifests=[absolute_path(path) for path in self.data.manifests])
-        return dataclasses.replace(self, output_dir=absolute_path(self.output_dir), init=absolute_path(self.init), data=data)
+        monitor = dataclasses.replace(self.monitor, manifest=absolute_path(self.monitor.manifest))
+        return dataclasses.replace(
+            self, output_dir=absolute_path(self.output_dir), init=absolute_path(self.init), data=data, monitor=monitor
+        )
 
 
 def load_pretrain_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> PretrainConfig:

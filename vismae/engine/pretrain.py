@@ -5,7 +5,8 @@ optimizer, resumes the run folder if it holds a checkpoint, trains, and leaves b
       config.yaml            the resolved config (compared on resume)
       checkpoints/step_*/    Accelerate states + trainer_state.json, the newest k kept
       tensorboard/           TensorBoard logs (Accelerate's tracker)
-      log.jsonl              one record per logged step: step, epoch, loss, lr, images/s
+      log.jsonl              one record per logged step: step, epoch, loss, lr, images/s; and
+                             with monitor.manifest, the probes' val AUC every few epochs
       recon/epoch_*.png      reconstruction grids; reconstruction.png is the last one
       encoder.safetensors    the exported encoder, with encoder.json
       pretraining_images.csv the image_id of every image pretrained on (data.splits of the
@@ -55,6 +56,8 @@ log = logging.getLogger(__name__)
 # it runs. The run folder itself may also have moved.
 RUN_LENGTH_KEYS = ("train.epochs", "train.max_steps")
 LOCATION_KEYS = ("output_dir",)
+# Watching a run changes nothing in it.
+MONITOR_KEYS = ("monitor",)
 
 
 def run(config: PretrainConfig, *, allow_config_change: bool = False) -> Path:
@@ -87,7 +90,7 @@ def check_saved_config(run_dir: Path, config: PretrainConfig, allow_config_chang
     run_folder.check_config(
         run_dir,
         to_dict(config),
-        neutral=RUN_LENGTH_KEYS + LOCATION_KEYS,
+        neutral=RUN_LENGTH_KEYS + LOCATION_KEYS + MONITOR_KEYS,
         defaults=to_dict(PretrainConfig()),
         remedy="only train.epochs and train.max_steps may change on resume: choose another output_dir, "
         "or pass --allow-config-change to continue anyway" + _test_split_hint(run_dir, config),
@@ -208,6 +211,7 @@ class PretrainRun:
         self.pending: list[StepRecord] = []  # steps since the last log record
         self.corrupt_images = 0
         self.session_images = 0
+        self.monitor = None  # the probe monitor, on the main process when monitor.manifest is set
 
     # -- setup -------------------------------------------------------------------------------
 
@@ -253,6 +257,10 @@ class PretrainRun:
         self.state = self.resume() if self.newest is not None else LoopState()
         if accelerator.is_main_process:
             trim_log(self.log_path, self.state.step)
+            if config.monitor.manifest:
+                from vismae.engine.probe_monitor import ProbeMonitor  # scikit-learn only when monitoring
+
+                self.monitor = ProbeMonitor(config.monitor.manifest, config.data.image_size, config.monitor.stages)
         accelerator.init_trackers("pretrain", config=tensorboard_hparams(config, plan))
         accelerator.print(
             f"{len(self.dataset)} images, {processes} process(es) x batch {train.batch_size} x accumulation "
@@ -357,6 +365,19 @@ class PretrainRun:
             self.save()
         if every_recon and finished_epochs % every_recon == 0:
             self.reconstruct(self.run_dir / "recon" / f"epoch_{finished_epochs:04d}.png")
+        if self.monitor is not None and finished_epochs % self.config.monitor.every_epochs == 0:
+            self.check_probes(finished_epochs)
+
+    def check_probes(self, finished_epochs: int) -> None:
+        """The monitor's probes on the current encoder (main process only): TensorBoard and log.jsonl."""
+        encoder = self.accelerator.unwrap_model(self.session.model).encoder
+        check = self.monitor.check(encoder, finished_epochs)
+        self.accelerator.log(check.scalars(), step=self.state.step)
+        with self.log_path.open("a") as handle:
+            handle.write(json.dumps(check.record(self.state.step)) + "\n")
+        self.progress.write(
+            f"epoch {finished_epochs}: probe val ROC AUC linear {check.linear_val_auc:.3f}, kNN {check.knn_val_auc:.3f}"
+        )
 
     def flush_log(self) -> None:
         """One record for the steps since the last: mean loss, lr, throughput."""
@@ -427,7 +448,9 @@ class PretrainRun:
     def write_metrics(self, corrupt_images: int) -> None:
         state, plan = self.state, self.session.plan
         elapsed = time.perf_counter() - self.started
-        history = [json.loads(line) for line in self.log_path.read_text().splitlines()] if self.log_path.is_file() else []
+        records = [json.loads(line) for line in self.log_path.read_text().splitlines()] if self.log_path.is_file() else []
+        history = [record for record in records if "loss" in record]
+        monitor = [record for record in records if "monitor" in record]
         write_json(
             self.run_dir / "metrics.json",
             {
@@ -446,6 +469,7 @@ class PretrainRun:
                 "unreadable_images_skipped": len(self.dataset.skipped),
                 "session_corrupt_images_replaced": corrupt_images,
                 "history": [{"step": record["step"], "loss": record["loss"]} for record in history],
+                **({"monitor": monitor} if monitor else {}),
             },
         )
 
