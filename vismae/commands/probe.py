@@ -21,7 +21,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--init", required=True, help="encoder: run folder, encoder.safetensors, any checkpoint load_encoder reads, or random:<preset>")
     parser.add_argument("--manifest", required=True, help="a prepared cache's manifest.csv")
     parser.add_argument("--out", required=True, help="folder for embeddings.npz and metrics.json")
-    parser.add_argument("--stages", default="last", help="which stages' maps to pool: last, all, or numbers like 0,3 (default: last)")
+    parser.add_argument(
+        "--stages", default="all",
+        help="which stages' maps to pool: all, last, or numbers like 0,3 (default: all; at small sizes the last map is a few positions that pool a small finding away)",
+    )
     parser.add_argument("--negative", default="benign", help="comma-separated labels of class 0 (default: benign)")
     parser.add_argument("--positive", default="malignant", help="comma-separated labels of class 1 (default: malignant)")
     parser.add_argument("--size", type=int, default=None, help="input side in pixels (default: the cache's size)")

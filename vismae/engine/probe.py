@@ -231,7 +231,7 @@ def run_probe(
     init: str,
     manifest: str,
     out: str,
-    stages: str | Sequence[int] = "last",
+    stages: str | Sequence[int] = "all",
     data: ProbeData | None = None,
     size: int | tuple[int, int] | None = None,
     n_boot: int = 1000,
