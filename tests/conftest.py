@@ -6,6 +6,7 @@ more than they gain. Test data comes from the fixtures below: `dicom_file` write
 `synthetic_cache` writes prepared caches, `pretrain_cache` is one such cache for pretraining."""
 
 import os
+import sys
 
 os.environ["OMP_NUM_THREADS"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -69,3 +70,15 @@ def pretrain_cache(synthetic_cache):
         for index in range(32)
     ]  # fmt: skip
     return synthetic_cache(images)
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Each run builds its own Accelerator: forget Accelerate's process-wide state after every
+    test that imported it, so that no test inherits another's process layout or precision."""
+    yield
+    if "accelerate.state" in sys.modules:
+        from accelerate.state import AcceleratorState, GradientState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()

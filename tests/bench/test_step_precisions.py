@@ -13,13 +13,6 @@ from vismae.engine.train_step import Plan, Session, train_step
 from vismae.models.mae import build_mae
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
 def tiny_mae(sparse: bool):
     torch.manual_seed(0)
     # 32 px units: the smallest the sparse encoder takes (patch 4 x 2^3); no drop path, so that

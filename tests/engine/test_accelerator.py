@@ -1,16 +1,8 @@
 """The Accelerator factory: fp32 on the CPU whatever precision is asked for, said once."""
 
 import pytest
-from accelerate.state import AcceleratorState, GradientState
 
 from vismae.engine import accelerator as factory
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
 
 
 def test_mixed_precision_falls_back_to_fp32_on_the_cpu_with_one_note(monkeypatch, capsys, tmp_path):

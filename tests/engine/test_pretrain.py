@@ -32,14 +32,6 @@ def load_entry_point():
     return module
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Each run builds its own Accelerator; forget the process-wide state between tests."""
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
 @pytest.fixture(scope="module")
 def manifest(pretrain_cache):
     return pretrain_cache

@@ -18,13 +18,6 @@ from vismae.models.weights import load_encoder
 from vismae.synthetic.cache import CacheImage
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
 @pytest.fixture(scope="module")
 def labelled_cache(synthetic_cache):
     """24 patients, two views each: malignant ones with a bright lesion, benign ones without."""

@@ -5,16 +5,8 @@ micro-batch, and the learning rate follows the global step."""
 import pytest
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState, GradientState
 
 from vismae.engine.train_step import NonFiniteLossError, Plan, Session, train_step
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
 
 
 def session(grad_accum_steps: int = 1, clip_grad: float | None = None) -> Session:

@@ -303,15 +303,6 @@ def test_sparse_masking_units_must_cover_last_stage_tokens():
     assert build_mae("tiny", 64, sparse=True, mask_unit_px=64).config.sparse
 
 
-@pytest.fixture
-def fresh_accelerate_state():
-    yield
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
 def test_sparse_pretraining_runs_and_exports_an_encoder_the_dense_loader_reads(
     tmp_path, pretrain_cache, fresh_accelerate_state
 ):
