@@ -321,3 +321,17 @@ def test_summarize_folds_mean_std_min_max():
     assert "name" not in summary
     with pytest.raises(ValueError, match="no folds"):
         metrics.summarize_folds([])
+
+
+def test_at_chance_reads_the_interval_against_each_metrics_chance_level():
+    from vismae.metrics import at_chance, chance_level
+
+    assert chance_level("roc_auc") == 0.5 and chance_level("sensitivity") is None
+    assert chance_level("pr_auc", {"n_positive": 30, "n_negative": 90}) == pytest.approx(0.25)
+    assert at_chance({"value": 0.515, "low": 0.37, "high": 0.64}, "roc_auc")  # the demo's pretrained classifier
+    assert not at_chance({"value": 0.805, "low": 0.70, "high": 0.89}, "roc_auc")
+    # PR AUC 0.35 beats a coin's 0.5 nowhere, but a 25 % prevalence's chance: interval above 0.25.
+    assert not at_chance({"value": 0.35, "low": 0.28, "high": 0.45, "n_positive": 30, "n_negative": 90}, "pr_auc")
+    unreliable = {"value": 0.9, "low": 0.8, "high": 1.0, "undefined": 370, "n_boot": 1000}
+    assert at_chance(unreliable, "roc_auc")  # an interval that rests on too few patients shows nothing
+    assert at_chance({"value": 0.9, "low": 0.8, "high": 1.0}, "f1") is None

@@ -282,6 +282,29 @@ def interval_problem(entry: Mapping) -> str | None:
     return reason
 
 
+def chance_level(metric: str, entry: Mapping | None = None) -> float | None:
+    """What a score that ignores the image reaches on ``metric``: ROC AUC 0.5, PR AUC (average
+    precision) the share of positives (from ``entry``'s counts). None for the metrics at a
+    threshold, whose chance value depends on the threshold, and where the counts are unknown."""
+    if metric == "roc_auc":
+        return 0.5
+    if metric == "pr_auc" and entry and entry.get("n_positive") is not None and entry.get("n_negative") is not None:
+        total = float(entry["n_positive"]) + float(entry["n_negative"])
+        return float(entry["n_positive"]) / total if total else None
+    return None
+
+
+def at_chance(entry: Mapping, metric: str) -> bool | None:
+    """Whether a score is not shown better than chance: its 95 % interval reaches down to the
+    chance level (or its interval is unreliable). None where the metric has no chance level."""
+    chance = chance_level(metric, entry)
+    if chance is None:
+        return None
+    if interval_problem(entry) or entry.get("low") is None or np.isnan(entry["low"]):
+        return True
+    return bool(entry["low"] <= chance)
+
+
 def _counted(number, noun: str) -> str:
     return f"{int(number)} {noun}" + ("" if int(number) == 1 else "s")
 

@@ -3,7 +3,9 @@
     SWEEP/results.csv                   one row per finished run
     SWEEP/report/curves.csv             per metric, init and fraction: runs, mean, std, min, max
     SWEEP/report/label_efficiency.png   the curves: metric vs labelled fraction, one line per init
-    SWEEP/report/labels_saved.csv       per metric and init: where it reaches the bar
+    SWEEP/report/labels_saved.csv       per metric and init: where it reaches the bar, and whether that is shown
+    SWEEP/report/paired.csv             per metric, init and fraction: the mean's interval, at chance or not,
+                                        and the paired differences against the baseline
     SWEEP/report/summary.md             the tables, the labels-saved lines, what is missing
 
 Labels saved. The *bar* is the baseline init's (random init's) mean score with 100 % of the
@@ -14,6 +16,13 @@ by chance at 10 % and falls below it at 25 % has not reached it at 10 %. The lab
 compares each fraction's best run with the baseline's worst full-data run, its high end each
 fraction's worst run with the baseline's best, so from the high end on every run of the init
 scores at least every full-data baseline run. It is a range over runs, not a confidence interval.
+
+Labels saved are claimed only where the data show them (``paired.py``): at the fraction f where
+the mean reaches the bar, the init must beat the baseline trained on the same f of the labels,
+the patient-bootstrap interval of the paired difference above zero, and neither the init at f
+nor the bar may be at chance (its interval reaching down to chance level). Otherwise the
+summary says the inits are not distinguishable there, or that the bar is at chance, and names
+the numbers. Every point of the curve whose interval reaches chance is marked "at chance".
 
 Each run's own score has a patient-level bootstrap interval (results.csv: ``test_roc_auc_low``,
 ``_high`` and ``_undefined``, the resamples of ``test_n_boot`` in which the metric had no value).
@@ -47,8 +56,9 @@ matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from vismae.experiments.label_efficiency.paired import PAIRED_METRICS, compare_points, point_tables  # noqa: E402
 from vismae.io import atomic_path, write_text  # noqa: E402
-from vismae.metrics import UNRELIABLE_UNDEFINED_SHARE  # noqa: E402
+from vismae.metrics import UNRELIABLE_UNDEFINED_SHARE, at_chance, chance_level  # noqa: E402
 from vismae.models.formats.vismae_export import SEEN_IN_PRETRAINING, seen_mark, seen_warning  # noqa: E402
 
 PLAN_FILE = "plan.json"
@@ -61,6 +71,8 @@ PLOT_FILE = "label_efficiency.png"
 CURVES_FILE = "curves.csv"
 SAVED_FILE = "labels_saved.csv"
 SUMMARY_FILE = "summary.md"
+PAIRED_FILE = "paired.csv"
+PAIRED_N_BOOT = 1000
 FULL = 1.0
 SPREAD = "line: mean over seeds and folds; band: min to max over them"
 # The labelled budget a curve point averages over its runs (results.csv of sweeps made before
@@ -70,14 +82,19 @@ CURVE_COLUMNS = ["metric", "split", "init", "fraction", "runs", "mean", "std", "
                  "unreliable_runs", "one_class_val_runs"]  # fmt: skip
 FULL_VALIDATION = "validation at 100 % of its labels at every fraction"
 SAVED_COLUMNS = ["metric", "init", "bar", "bar_low", "bar_high", "bar_runs", "reached", "labels_saved", "range_low", "range_high",
-                 "statement"]  # fmt: skip
+                 "shown", "statement"]  # fmt: skip
+PAIRED_COLUMNS = ["metric", "init", "fraction", "runs", "images", "patients", "mean", "low", "high", "chance", "at_chance",
+                  "baseline_runs", "versus_baseline", "versus_baseline_low", "versus_baseline_high",
+                  "versus_bar", "versus_bar_low", "versus_bar_high"]  # fmt: skip
 # The module docstring's definition, as the report states it.
 LABELS_SAVED_DEFINITION = (
     "the bar is the baseline's mean score with 100 % of the labels. An init reaches it at the smallest "
     "fraction f from which on (at f and every larger fraction) its mean score is at least the bar; it saves "
     "1 - f of the labels. The range repeats the rule with each fraction's best run against the baseline's "
     "worst full-data run (low end) and its worst run against the baseline's best (high end): a range over "
-    "seeds and folds, not a confidence interval."
+    "seeds and folds, not a confidence interval. The saving is claimed only where, at f, the init beats the "
+    "baseline trained on the same fraction (paired patient-bootstrap difference, 95 % interval above zero) and "
+    "neither it nor the bar is at chance."
 )
 
 
@@ -197,6 +214,68 @@ def build_curves(results: pd.DataFrame, plan: dict) -> pd.DataFrame:
     return table[CURVE_COLUMNS].reset_index(drop=True)
 
 
+def with_chance(curves: pd.DataFrame, paired: pd.DataFrame) -> pd.DataFrame:
+    """The curves with paired.csv's at_chance per point (empty where no comparison exists)."""
+    flags = paired[["metric", "init", "fraction", "at_chance"]]
+    return curves.drop(columns="at_chance", errors="ignore").merge(flags, on=["metric", "init", "fraction"], how="left")
+
+
+# ---------------------------------------------------------------------------------------------
+# Paired comparisons: is a point at chance, is an init distinguishable from the baseline.
+
+
+def paired_table(folder: Path, plan: dict, results: pd.DataFrame, n_boot: int = PAIRED_N_BOOT) -> pd.DataFrame:
+    """paired.csv: per metric that has a paired comparison, init and fraction, the interval of
+    the mean score over the runs and whether it reaches chance; for every init but the baseline,
+    the paired differences against the baseline at the same fraction and at 100 % (the bar)."""
+    split, baseline = plan["score_split"], plan["baseline"]
+    metrics = [metric for metric in plan["metrics"] if metric in PAIRED_METRICS.get(plan["task"], ())]
+    if results.empty or not metrics:
+        return pd.DataFrame(columns=PAIRED_COLUMNS)
+    pool_folds = split == "val" and any(fold is not None for fold in plan["folds"])
+    points = {key: point_tables(folder, runs, split, pool_folds) for key, runs in results.groupby(["init", "fraction"], sort=False)}
+    rows = []
+    for metric in metrics:
+        for (init, fraction), own in points.items():
+            arms, differences = {"point": own}, {}
+            for name, at in (("versus_baseline", fraction), ("versus_bar", FULL)):
+                if init != baseline and points.get((baseline, at)):
+                    arms[name] = points[(baseline, at)]
+                    differences[f"{name}_difference"] = ("point", name)
+            compared = compare_points(plan["task"], metric, arms, differences, n_boot=n_boot)
+            if not compared:
+                continue
+            point = compared["point"]
+            row = {"metric": metric, "init": init, "fraction": fraction, "runs": compared["runs"]["point"], "images": compared["images"],
+                   "patients": compared["patients"], "mean": point["value"], "low": point["low"], "high": point["high"],
+                   "chance": chance_level(metric, point), "at_chance": at_chance(point, metric),
+                   "baseline_runs": compared["runs"].get("versus_baseline")}  # fmt: skip
+            for name in ("versus_baseline", "versus_bar"):
+                difference = compared.get(f"{name}_difference")
+                if difference:
+                    row.update({name: difference["value"], f"{name}_low": difference["low"], f"{name}_high": difference["high"]})
+            rows.append(row)
+    return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
+
+
+def paired_row(paired: pd.DataFrame, metric: str, init: str, fraction: float) -> pd.Series | None:
+    found = paired[(paired["metric"] == metric) & (paired["init"] == init) & (paired["fraction"] == fraction)]
+    return None if found.empty else found.iloc[0]
+
+
+def flagged(value) -> bool:
+    """True for a true flag of a column that may also hold False, None or NaN."""
+    return not pd.isna(value) and bool(value)
+
+
+def signed(value: float, low: float, high: float) -> str:
+    return f"{value:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
+def with_interval(row: pd.Series) -> str:
+    return f"{row['mean']:.3f} [{row['low']:.3f}, {row['high']:.3f}]"
+
+
 # ---------------------------------------------------------------------------------------------
 # Labels saved.
 
@@ -269,16 +348,43 @@ def labels_saved(curve: pd.DataFrame, baseline: str, inits: list[str]) -> tuple[
     return bar, reaches
 
 
-def saved_table(curves: pd.DataFrame, plan: dict, inits: list[str]) -> tuple[pd.DataFrame, dict]:
-    """labels_saved.csv, and per metric the (bar, reaches) the summary states."""
+def judged(reach: Reach, bar: Bar, metric: str, paired: pd.DataFrame) -> tuple[bool, str]:
+    """Whether the data show the labels saved that the means suggest, and the statement: the
+    saving at the reached fraction f needs the bar and the init at f off chance, and the init
+    at f better than the baseline trained on f, the paired difference's interval above zero."""
+    described = reach.describe(bar)
+    bar_row = paired_row(paired, metric, bar.init, FULL)
+    if bar_row is not None and flagged(bar_row["at_chance"]):
+        return False, (f"{reach.init}: no labels saved can be shown: the bar, {bar.init} at 100 %, scores at chance "
+                       f"({with_interval(bar_row)})")  # fmt: skip
+    if reach.reached is None:
+        return False, described
+    at = percent(reach.reached)
+    row = paired_row(paired, metric, reach.init, reach.reached)
+    if row is None or pd.isna(row["versus_baseline"]):
+        return False, f"{described}; NOT SHOWN: no paired comparison at {at} (the runs' predictions.csv are missing)"
+    if flagged(row["at_chance"]):
+        return False, f"{reach.init}: scores at chance at {at} ({with_interval(row)}): no labels saved shown"
+    difference = signed(row["versus_baseline"], row["versus_baseline_low"], row["versus_baseline_high"])
+    if not row["versus_baseline_low"] > 0:
+        return False, (f"{reach.init}: its mean reaches {bar.init}'s 100 % score at {at}, but at {at} it is not distinguishable "
+                       f"from {bar.init} trained on the same labels (paired difference {difference}): no labels saved shown")  # fmt: skip
+    against_bar = signed(row["versus_bar"], row["versus_bar_low"], row["versus_bar_high"])
+    return True, f"{described}; at {at} it beats {bar.init} on the same labels by {difference} (paired), and {bar.init} at 100 % by {against_bar}"
+
+
+def saved_table(curves: pd.DataFrame, plan: dict, inits: list[str], paired: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """labels_saved.csv, and per metric the bar and each init's (reach, shown, statement)."""
     rows, found = [], {}
     for metric in plan["metrics"]:
         bar, reaches = labels_saved(curves[curves["metric"] == metric], plan["baseline"], inits)
-        found[metric] = (bar, reaches)
-        for reach in reaches:
+        judgements = [(reach, *judged(reach, bar, metric, paired)) for reach in reaches]
+        found[metric] = (bar, judgements)
+        for reach, shown, statement in judgements:
             rows.append({"metric": metric, "init": reach.init, "bar": bar.value, "bar_low": bar.low, "bar_high": bar.high,
-                         "bar_runs": bar.runs, "reached": reach.reached, "labels_saved": reach.saved,
-                         "range_low": reach.range_low, "range_high": reach.range_high, "statement": reach.describe(bar)})  # fmt: skip
+                         "bar_runs": bar.runs, "reached": reach.reached, "labels_saved": reach.saved if shown else None,
+                         "range_low": reach.range_low, "range_high": reach.range_high, "shown": shown,
+                         "statement": statement})  # fmt: skip
     return pd.DataFrame(rows, columns=SAVED_COLUMNS), found
 
 
@@ -303,6 +409,9 @@ def plot_curves(curves: pd.DataFrame, plan: dict, inits: list[str], bars: dict, 
             runs = runs_text(int(part["runs"].min()), int(part["runs"].max()))
             axes_.plot(part["fraction"], part["mean"], marker="o", color=color, label=f"{init_label(init, plan)} ({runs} per point)")
             axes_.fill_between(part["fraction"], part["min"], part["max"], color=color, alpha=0.18, linewidth=0)
+        chance = chance_level(metric)
+        if chance is not None:
+            axes_.axhline(chance, color="black", linestyle=":", linewidth=1, label=f"chance ({chance:g})")
         bar = bars.get(metric, (None, []))[0]
         if bar is not None:
             axes_.axhline(bar.value, color="grey", linestyle="--", linewidth=1, label=f"bar: {bar.init} at 100 % ({bar.value:.3f})")
@@ -348,6 +457,7 @@ def _cell(row) -> str:
     warning = f"; UNRELIABLE interval in {unreliable}" if unreliable else ""
     one_class = int(row.get("one_class_val_runs", 0) or 0)
     warning += f"; ONE-CLASS validation in {one_class}" if one_class else ""
+    warning += "; AT CHANCE" if flagged(row.get("at_chance")) else ""
     return f"{row['mean']:.3f}{spread} [{row['min']:.3f}, {row['max']:.3f}] ({row['runs']}{warning})"
 
 
@@ -417,7 +527,36 @@ def _marked(text: str, init: str, plan: dict) -> str:
     return f"{text} {seen_mark(seen)}" if seen else text
 
 
-def summary_markdown(folder: Path, plan: dict, results: pd.DataFrame, curves: pd.DataFrame, found: dict, inits: list[str]) -> str:
+def paired_lines(paired: pd.DataFrame, metric: str, plan: dict, inits: list[str]) -> list[str]:
+    """The paired differences against the baseline, one row per init, one column per fraction;
+    and the points at chance."""
+    table = paired[paired["metric"] == metric]
+    if table.empty:
+        return []
+    lines = []
+    chance = table[table["at_chance"].map(flagged)]
+    if not chance.empty:
+        named = ", ".join(f"{init_label(row['init'], plan)} at {percent(row['fraction'])} ({with_interval(row)})" for _, row in chance.iterrows())
+        lines += [f"AT CHANCE (the 95 % interval of the mean over runs reaches {metric} {chance['chance'].iloc[0]:.3f}): {named}.", ""]
+    contenders = table[table["versus_baseline"].notna()]
+    if contenders.empty:
+        return lines
+    fractions = sorted(set(contenders["fraction"]))
+    lines += [f"Paired differences, mean {metric} minus {plan['baseline']}'s on the same images (patient bootstrap, 95 %):", "",
+              "| init | against | " + " | ".join(percent(f) for f in fractions) + " |", "|---|---|" + "---|" * len(fractions)]  # fmt: skip
+    for init in inits:
+        part = contenders[contenders["init"] == init].set_index("fraction")
+        if part.empty:
+            continue
+        for name, against in (("versus_baseline", f"{plan['baseline']}, same fraction"), ("versus_bar", f"{plan['baseline']}, 100 %")):
+            cells = [signed(part.loc[f, name], part.loc[f, f"{name}_low"], part.loc[f, f"{name}_high"])
+                     if f in part.index and pd.notna(part.loc[f, name]) else "-" for f in fractions]  # fmt: skip
+            lines.append(f"| {init_label(init, plan)} | {against} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def summary_markdown(folder: Path, plan: dict, results: pd.DataFrame, curves: pd.DataFrame, found: dict, inits: list[str],
+                     paired: pd.DataFrame) -> str:  # fmt: skip
     status, _ = progress(folder, plan, results)
     folds = [fold for fold in plan["folds"] if fold is not None]
     lines = [
@@ -451,6 +590,7 @@ def summary_markdown(folder: Path, plan: dict, results: pd.DataFrame, curves: pd
                       f"{metric} was undefined in more than {100 * UNRELIABLE_UNDEFINED_SHARE:g} % of its resamples (too few "
                       f"positive or negative patients on {plan['score_split']}): those scores are not a measurement. "
                       f"results.csv has each run's {plan['score_split']}_{metric}_undefined.", ""]  # fmt: skip
+        lines += paired_lines(paired, metric, plan, inits)
         bar, reaches = found.get(metric, (None, []))
         if bar is None:
             lines.append(f"Labels saved: no bar yet ({plan['baseline']} has no finished run with 100 % of the labels).")
@@ -458,7 +598,7 @@ def summary_markdown(folder: Path, plan: dict, results: pd.DataFrame, curves: pd
         spread = f"range {bar.low:.3f} to {bar.high:.3f}, {runs_text(bar.runs)}"
         lines.append(_marked(f"Labels saved, against the bar {bar.init} at 100 %: {bar.value:.3f} ({spread}).", bar.init, plan))
         lines.append("")
-        lines += [f"- {_marked(reach.describe(bar), reach.init, plan)}" for reach in reaches] or ["- no other init to compare with the bar"]
+        lines += [f"- {_marked(statement, reach.init, plan)}" for reach, _, statement in reaches] or ["- no other init to compare with the bar"]
     lines += ["", f"How labels saved are defined: {LABELS_SAVED_DEFINITION}"]
     return "\n".join(lines) + "\n"
 
@@ -476,10 +616,13 @@ def build_report(folder: str | Path) -> Path:
     out = folder / REPORT_DIR
     out.mkdir(exist_ok=True)
     inits = init_order(plan, results)
-    curves = build_curves(results, plan)
+    paired = paired_table(folder, plan, results)
+    with atomic_path(out / PAIRED_FILE) as temporary:
+        paired.to_csv(temporary, index=False)
+    curves = with_chance(build_curves(results, plan), paired)
     with atomic_path(out / CURVES_FILE) as temporary:
         curves.to_csv(temporary, index=False)
-    saved, found = saved_table(curves, plan, inits)
+    saved, found = saved_table(curves, plan, inits, paired)
     with atomic_path(out / SAVED_FILE) as temporary:
         saved.to_csv(temporary, index=False)
     _, partial = progress(folder, plan, results)
@@ -490,5 +633,5 @@ def build_report(folder: str | Path) -> Path:
         notes = [f"PARTIAL: {finished} of {len(plan['runs'])} planned runs finished" if partial else "", validation_statement(plan)]
         note = "; ".join(part for part in notes if part)
         plot_curves(curves, plan, inits, found, out / PLOT_FILE, note=note)
-    write_text(out / SUMMARY_FILE, summary_markdown(folder, plan, results, curves, found, inits))
+    write_text(out / SUMMARY_FILE, summary_markdown(folder, plan, results, curves, found, inits, paired))
     return out
