@@ -26,6 +26,7 @@ COMMANDS = [
     "probe",
     "roi_aware",
     "sweep",
+    "study",
     "report",
     "convert_weights",
     "demo",

@@ -37,38 +37,29 @@ def _done(started: float, where: Path) -> None:
 
 
 def synthesize(settings: DemoSettings, name: str) -> Path:
-    from vismae.synthetic import make_phantom
+    from vismae.synthetic.datasets import phantom_dataset
 
     raw = Path(settings.out) / "raw" / name
     started = _stage(f"phantom: {settings.patients} synthetic patients in the {name} format")
-    if not (raw / ".complete").exists():
-        make_phantom(
-            name, raw, n_patients=settings.patients, seed=settings.seed, image_size=settings.phantom_size, overwrite=True
-        )
-        (raw / ".complete").touch()
+    phantom_dataset(name, raw, settings.patients, settings.seed, settings.phantom_size)
     _done(started, raw)
     return raw
 
 
 def read_manifest_of(settings: DemoSettings, name: str, raw: Path) -> Path:
-    from vismae.data.manifest import write_manifest
-    from vismae.data.sources import read_dataset
+    from vismae.synthetic.datasets import dataset_manifest
 
-    manifest = Path(settings.out) / "manifests" / f"{name}.csv"
     started = _stage(f"manifest: read the {name} metadata")
-    if not manifest.exists():
-        write_manifest(read_dataset(name, raw), manifest)
+    manifest = dataset_manifest(name, raw, Path(settings.out) / "manifests" / f"{name}.csv")
     _done(started, manifest)
     return manifest
 
 
 def prepare_cache(settings: DemoSettings, name: str, manifest: Path) -> Path:
-    from vismae.data.cache import prepare
+    from vismae.synthetic.datasets import prepared_cache
 
-    cache = Path(settings.out) / "cache" / name
     started = _stage(f"prepare: decode, crop, flip, CLAHE and resize to {settings.size} px")
-    # 8-bit like the ROI paper's JPEGs: OpenCV's 16-bit CLAHE over-equalizes small images.
-    prepare(manifest, cache, size=settings.size, bits=8, workers=settings.workers, progress=False)
+    cache = prepared_cache(manifest, Path(settings.out) / "cache" / name, settings.size, settings.workers)
     _done(started, cache)
     return cache
 

@@ -12,9 +12,27 @@
     folds: auto                               # 5-fold CV below 4,000 images (the paper's rule), else none
     validation: fraction                      # validation shrinks with the fraction too; full: 100 % at every fraction
     metrics: [roc_auc, pr_auc]                # the first is the headline one
+    method: finetune                          # or probe: a linear probe on the frozen encoder
+    probe: {stages: all, batch_size: 64}      # method probe only
     finetune: {...}                           # the finetuning recipe of every run
 
-Every run is one ``finetune`` call; the sweep sets its task, encoder, rows, seed and folder.
+With ``method: finetune`` (the default) every run is one ``finetune`` call; the sweep sets its
+task, encoder, rows, seed and folder.
+
+With ``method: probe`` every run fits a linear probe (standardized features, L2 logistic
+regression, C chosen by validation ROC AUC; vismae.engine.probe) on the frozen encoder's
+embeddings of the run's training rows, on the same subsets, seeds and folds, into the same run
+folder layout (predictions.csv, metrics.json, threshold.json) and report. Classification only.
+Of the ``finetune`` section the probe reads:
+
+    data: size, negative, positive, views, roi, val_fraction, split_seed   which rows, at what size
+    model: backbone (must be swin), fold_input_norm, overrides            how the encoder is loaded
+    eval: threshold_rule, target_sensitivity, n_boot                      threshold and intervals
+
+The other finetuning keys (train, augment, checkpoint, the model's head and drop-path settings)
+may stay in the file: a probe sweep ignores them, and continuing one with other values is
+allowed. A random init's encoder is drawn once per init, with a fixed seed, and its embeddings
+serve every seed: a seed changes the subsets, not the features.
 """
 
 from __future__ import annotations
@@ -28,9 +46,10 @@ from typing import Literal
 from vismae.config import ConfigError, load_config, require
 from vismae.data.splits import LABEL_FRACTIONS
 from vismae.engine.finetune_config import FinetuneConfig, FinetuneData, FinetuneTrain
+from vismae.engine.probe import PROBE_CS
 from vismae.io import absolute_path
 from vismae.metrics import CLASSIFICATION_METRICS
-from vismae.models.random_init import is_random_init
+from vismae.models.random_init import SWIN_BACKBONE, is_random_init
 
 SEGMENTATION_METRICS = ("dice", "precision", "recall", "dice_pooled", "precision_pooled", "recall_pooled")
 TASK_METRICS = {"classify": CLASSIFICATION_METRICS, "segment": SEGMENTATION_METRICS}
@@ -41,6 +60,27 @@ AUTO_FOLDS = 5
 AUTO_FOLDS_BELOW_IMAGES = 4000
 # Init names become part of run folder names, where "_" separates the parts.
 INIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
+# What `vismae probe --stages` takes: all, last, or stage numbers (-1 is the last).
+STAGES = re.compile(r"^\s*(all|last|-?\d+(\s*,\s*-?\d+)*)\s*$", re.IGNORECASE)
+
+
+@dataclass
+class SweepProbe:
+    """The linear probe of ``method: probe`` (vismae.engine.probe.fit_linear_probe)."""
+
+    stages: str = "all"  # the stages whose maps are pooled into the embedding, as `vismae probe --stages`
+    cs: list[float] = field(default_factory=lambda: list(PROBE_CS))  # inverse L2 strengths tried on val
+    batch_size: int = 64  # images embedded at once; changes no result
+
+    def validate(self) -> None:
+        require(bool(STAGES.match(str(self.stages))), f"probe.stages: expected all, last or stage numbers like 0,3, got {self.stages!r}")
+        require(bool(self.cs) and all(c > 0 for c in self.cs), f"probe.cs: expected positive inverse strengths, got {self.cs}")
+        require(self.batch_size >= 1, f"probe.batch_size must be >= 1, got {self.batch_size}")
+
+
+def plan_method(plan: dict) -> str:
+    """The method of a sweep's plan.json; plans written before the key existed are finetuning's."""
+    return plan.get("method", "finetune")
 
 
 @dataclass
@@ -67,12 +107,18 @@ class SweepConfig:
     # without a test split), validation is the scored set and stays whole either way.
     validation: Literal["fraction", "full"] = "fraction"
     metrics: list[str] = field(default_factory=list)  # empty: the paper's metrics for the task
+    # What each run is: finetune (the encoder trained with a head) or probe (a linear probe on
+    # the frozen encoder's embeddings; classification only). A sweep folder holds one method.
+    method: Literal["finetune", "probe"] = "finetune"
+    probe: SweepProbe = field(default_factory=SweepProbe)  # method probe only
     # The recipe of every run. data.val_fraction and data.split_seed carve validation patients
     # (when the manifest has none and there are no folds) and assign folds, once for the whole
     # sweep. task, init, output_dir, data.manifest and train.seed are the sweep's to set.
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def validate(self) -> None:
+        if self.method == "probe":
+            self._validate_probe()
         require(bool(self.inits), "inits: name at least one encoder init, e.g. {ours: runs/x/encoder.safetensors, random: random:vismae}")
         for name, source in self.inits.items():
             require(bool(INIT_NAME.match(str(name))), f"inits: name {name!r} must be letters, digits and '-' (it names run folders)")
@@ -88,6 +134,13 @@ class SweepConfig:
         unknown = [m for m in self.metrics if m not in TASK_METRICS[self.task]]
         require(not unknown, f"metrics: {unknown} are not {self.task} metrics; choose from {', '.join(TASK_METRICS[self.task])}")
         self._validate_recipe()
+
+    def _validate_probe(self) -> None:
+        # Checked first: the metrics and recipe of a segmentation config would complain about other keys.
+        require(self.task == "classify", f"method: probe fits a benign/malignant classifier on frozen features; it needs task: classify, "
+                                         f"got task: {self.task} (use method: finetune to segment)")  # fmt: skip
+        require(self.finetune.model.backbone == SWIN_BACKBONE, f"finetune.model.backbone: method probe embeds with the "
+                f"{SWIN_BACKBONE} encoder's stages, got {self.finetune.model.backbone!r}")  # fmt: skip
 
     def _validate_recipe(self) -> None:
         require(self.finetune.task in (FinetuneConfig().task, self.task), f"finetune.task: the sweep's task is {self.task}; remove it")

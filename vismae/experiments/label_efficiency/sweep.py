@@ -1,6 +1,8 @@
 """VIS-MAE's label-efficiency study (paper 3.4, Figs. 2 and 3): finetune each encoder init on
 nested fractions of the labelled patients, over seeds (and k folds), to see how few labels each
-init needs to match a randomly initialized model trained on all of them.
+init needs to match a randomly initialized model trained on all of them. ``method: probe`` fits
+a linear probe on each frozen encoder instead (probe_runs.py), on the same subsets and into the
+same layout, so that one sweep gives "probe AUC vs labelled fraction".
 
 A fraction is of the training and the validation patients alike (``validation: fraction``, the
 default): validation labels choose the epoch and the threshold, so they are labels used too,
@@ -11,7 +13,7 @@ patient at every fraction, and the report says so. Test rows never change with t
       sweep.yaml                      the resolved config; a rerun with another recipe is refused
       plan.json                       folds, the scored split, every run's name in run-index order
       subsets/s0_k1/                  the (seed, fold)'s manifest.csv, fraction_<f>/manifest.csv, splits.json
-      runs/f0.05_init-random_s0_k1/   one finetuning run; result.json, written last, marks it done
+      runs/f0.05_init-random_s0_k1/   one finetuning (or probe) run; result.json, written last, marks it done
       results.csv, report/            built by vismae.experiments.label_efficiency.report from the finished runs
 
 Subsets depend on (seed, fold) alone, never on the init, so every init trains on the same rows.
@@ -38,6 +40,7 @@ from vismae.data.splits import carve_validation, kfold, label_fractions, save_sp
 from vismae.engine.accelerator import make_accelerator
 from vismae.engine.finetune import finetune, select_rows
 from vismae.experiments.label_efficiency.config import AUTO_FOLDS, AUTO_FOLDS_BELOW_IMAGES, SweepConfig
+from vismae.experiments.label_efficiency.probe_runs import probe_runner
 from vismae.experiments.label_efficiency.report import ERROR_FILE, PLAN_FILE, RESULT_FILE, RUNS_DIR, build_report
 from vismae.io import input_digest, write_json, write_text
 from vismae.models.formats.vismae_export import SEEN_IN_PRETRAINING, images_seen_in_pretraining, seen_warning
@@ -50,10 +53,19 @@ SPLITS_FILE = "splits.json"
 # Keys that change no finished run: a sweep may be continued with other values. Adding an init,
 # a seed or a fraction only adds runs; the subsets of the old ones stay as they were.
 NEUTRAL_KEYS = ("output_dir", "seeds", "fractions", "metrics", "baseline", "score_split", "finetune.data.num_workers",
-                "finetune.eval.batch_size", "finetune.checkpoint.every_epochs", "finetune.checkpoint.keep")  # fmt: skip
+                "finetune.eval.batch_size", "finetune.checkpoint.every_epochs", "finetune.checkpoint.keep",
+                "probe.batch_size")  # fmt: skip
+# Keys a method never reads, so they change none of its runs. "method" itself is never neutral:
+# a folder holds the runs of one method, and its report compares them.
+UNUSED_BY_METHOD = {
+    "finetune": ("probe",),
+    "probe": ("finetune.train", "finetune.augment", "finetune.checkpoint", "finetune.model.drop_path", "finetune.model.head_dropout",
+              "finetune.model.pool", "finetune.model.head_stages", "finetune.model.decoder"),
+}  # fmt: skip
 
-# One finetuning run: (spec, rows with a 0/1 ``target`` column, run folder) -> finetune's
-# metrics dict ({"val": {metric: {"value", "low", "high"}, "n": ...}, "test": ..., "best_epoch": ...}).
+# One run (finetuning, or a probe of the same shape): (spec, rows with a 0/1 ``target`` column,
+# run folder) -> finetune's metrics dict ({"val": {metric: {"value", "low", "high"}, "n": ...},
+# "test": ..., "best_epoch": ...}).
 RunFunction = Callable[["RunSpec", pd.DataFrame, Path], Mapping]
 
 
@@ -227,6 +239,7 @@ class SweepPlan:
     def to_dict(self) -> dict:
         config = self.config
         return {
+            "method": config.method,
             "task": config.task,
             "score_split": self.score_split,
             "metrics": config.metric_names,
@@ -281,7 +294,7 @@ def check_config(folder: Path, config: SweepConfig, validation: str | None = Non
         run_folder.check_config(
             folder,
             {**new, "inits": {name: new["inits"][name] for name in sorted(common)}},
-            neutral=NEUTRAL_KEYS,
+            neutral=NEUTRAL_KEYS + UNUSED_BY_METHOD[config.method],
             defaults=to_dict(SweepConfig()),
             what="a sweep",
             saved={**saved, "inits": {name: saved["inits"][name] for name in sorted(common)}},
@@ -360,14 +373,14 @@ def run_sweep(config: SweepConfig, shard: tuple[int, int] = (0, 1), run_fn: RunF
     """Run this shard's share of the sweep into ``config.output_dir`` (skipping finished runs),
     then rebuild the report from every run finished so far, this shard's or others'.
 
-    ``run_fn`` trains one run (default: the finetuning engine). A run that raises is recorded
-    in its folder's error.txt and the sweep goes on; the next pass redoes it. The shard is
-    refused at once while another live process runs it; a run that another process is
-    training (shards of another layout) is left to it.
+    ``run_fn`` trains one run (default: the config's method, the finetuning engine or the
+    probe). A run that raises is recorded in its folder's error.txt and the sweep goes on; the
+    next pass redoes it. The shard is refused at once while another live process runs it; a
+    run that another process is training (shards of another layout) is left to it.
     """
     plan = plan_sweep(config)
     config, folder = plan.config, plan.folder
-    run_fn = run_fn or finetune_runner(config)
+    run_fn = run_fn or make_runner(config)
     with run_folder.hold(folder, name=shard_lock(shard)):
         return _run_shard(plan, shard, run_fn, report)
 
@@ -418,6 +431,11 @@ def _run_shard(plan: SweepPlan, shard: tuple[int, int], run_fn: RunFunction, rep
     if report:
         build_report(folder)
     return outcome
+
+
+def make_runner(config: SweepConfig) -> RunFunction:
+    """The run function of the config's ``method``."""
+    return probe_runner(config) if config.method == "probe" else finetune_runner(config)
 
 
 def finetune_runner(config: SweepConfig) -> RunFunction:
