@@ -3,10 +3,15 @@ seeds aggregated, the paper's numbers beside ours, rebuilt from the folder alone
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import shutil
+import zlib
+from pathlib import Path
 
 import cv2
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -19,10 +24,19 @@ from vismae.data.manifest import ManifestError, new_frame
 from vismae.engine.finetune_config import FinetuneData
 from vismae.experiments.roi_aware.experiment import experiment_frame, run_roi_aware
 from vismae.experiments.roi_aware.config import load_roi_aware_config
+from vismae.experiments.roi_aware.layout import PREDICTIONS_FILE, seed_dir
 from vismae.experiments.roi_aware.plot import roc_figure
 from vismae.experiments.roi_aware.markdown import fmt_interval
-from vismae.experiments.roi_aware.report import CLASSIFICATION_METRICS, build_report, json_safe, scored_metrics
-from vismae.experiments.roi_aware.rules import ANNOTATION_WARNING, PROCEDURES, procedures_for
+from vismae.experiments.roi_aware.report import (
+    CLASSIFICATION_METRICS,
+    MODEL_FREE,
+    RANKING_METRICS,
+    build_report,
+    difference_verdict,
+    json_safe,
+    scored_metrics,
+)
+from vismae.experiments.roi_aware.rules import ANNOTATION_WARNING, PROCEDURES, procedure_label, procedures_for
 
 OVERRIDES = [
     "seeds=[0, 1]",
@@ -69,6 +83,12 @@ def test_json_csv_and_markdown_hold_the_same_numbers(finished):
             # What the interval rests on: the row's positives and negatives, the report's resamples.
             assert (entry["n_positive"], entry["n_negative"]) == (row["positives"], row["negatives"])
             assert entry["n_boot"] == report["experiment"]["n_boot"] and 0 <= entry["undefined"] <= entry["n_boot"]
+        for name in RANKING_METRICS:
+            entry = row["metrics"][name]
+            # The flag is the metrics module's rule on the entry's own numbers, the same in both files.
+            assert entry["at_chance"] == (None if entry["value"] is None else metrics.at_chance(nan_for_null(entry), name))
+            flag = csv_row[f"{name}_at_chance"]
+            assert pd.isna(flag) if entry["at_chance"] is None else flag == entry["at_chance"]
         cells = [row["seed"], row["title"], row["scope"], row["n"], row["positives"]]
         cells += [fmt_interval(nan_for_null(row["metrics"][name])) for name in CLASSIFICATION_METRICS]
         assert "| " + " | ".join(map(str, cells)) + " |" in lines
@@ -93,6 +113,8 @@ def test_a_split_with_one_malignant_patient_gets_no_interval():
     specificity = scored["metrics"]["specificity"]
     assert specificity["undefined"] == 0 and fmt_interval(specificity).startswith(f"{specificity['value']:.3f} (0.")
     assert "unreliable" in fmt_interval(scored["metrics"]["roc_auc"])
+    # An AUC whose interval cannot be given is not shown better than chance either.
+    assert scored["metrics"]["roc_auc"]["at_chance"] is True and fmt_interval(scored["metrics"]["roc_auc"]).endswith("(at chance)")
 
 
 def test_the_experiment_refuses_rows_that_mix_dm_and_cesm_images():
@@ -246,3 +268,141 @@ def test_the_report_rebuilds_from_the_folder_and_a_changed_config_is_refused(fin
     changed = load_roi_aware_config(None, [*places, *OVERRIDES, "small_groups.rule=constant"])
     with pytest.raises(ConfigError, match="small_groups.rule"):
         run_roi_aware(changed, PixelStatsEngine())
+
+
+# ---------------------------------------------------------------------------------------------
+# At chance: the finished run's predictions with the models' scores replaced, and the report
+# rebuilt from them. The annotation-only floor reads annotations, not a model: it is kept.
+
+MACHINERY_ONLY = "every model scores at chance on this data: this report shows the machinery only, not the method"
+MODELS = ("comparative", "annotated", "deployable")  # the procedures a model scores, paper population
+
+
+def noise(rows: pd.DataFrame) -> np.ndarray:
+    """The control: each image's score drawn from a generator seeded by its id, independent of
+    the target, and the same whichever procedure or seed scores it (one draw, not one per row)."""
+    return np.array([np.random.default_rng(zlib.crc32(image_id.encode())).random() for image_id in rows["image_id"]])
+
+
+def separating(rows: pd.DataFrame) -> np.ndarray:
+    """Scores that separate the classes: every positive above every negative."""
+    return 0.25 + 0.5 * rows["target"].to_numpy() + 0.2 * noise(rows)
+
+
+def aware_learns(rows: pd.DataFrame) -> np.ndarray:
+    """The ROI-aware procedures' scores separate the classes; the plain (comparative) one scores
+    every image alike: no information, ROC AUC 0.5 in every resample."""
+    return np.full(len(rows), 0.5) if rows["procedure"].iloc[0] == "comparative" else separating(rows)
+
+
+def rescored(finished, folder: Path, score) -> Path:
+    """The finished run copied to ``folder``, every model's score replaced by ``score(rows)``
+    (its decision at 0.5), and its report rebuilt; returns the report folder."""
+    config, _ = finished
+    shutil.copytree(config.output_dir, folder)
+    for seed in config.seeds:
+        path = seed_dir(folder, seed) / PREDICTIONS_FILE
+        table = pd.read_csv(path, dtype={"image_id": str, "patient_id": str})
+        for procedure, rows in table.groupby("procedure"):
+            if procedure not in MODEL_FREE:
+                table.loc[rows.index, "score"] = score(rows)
+        table["decision"] = np.where(table["procedure"].isin(MODEL_FREE), table["decision"], table["score"] >= 0.5).astype(int)
+        table.to_csv(path, index=False)
+    return build_report(dataclasses.replace(config, output_dir=str(folder)))
+
+
+@pytest.fixture(scope="module")
+def rescored_reports(finished, tmp_path_factory):
+    """Report folders of the finished run rescored: noise, separating, aware_learns."""
+    root = tmp_path_factory.mktemp("rescored")
+    return {score.__name__: rescored(finished, root / score.__name__, score) for score in (noise, separating, aware_learns)}
+
+
+def cells(lines: list[str], *first: object) -> list[str]:
+    """The cells of the one markdown table row whose first cells are ``first``."""
+    start = "| " + " | ".join(map(str, first)) + " |"
+    rows = [line for line in lines if line.startswith(start)]
+    assert len(rows) == 1, (start, rows)
+    return [cell.strip() for cell in rows[0].strip("|").split(" | ")]
+
+
+def test_noise_scores_are_marked_at_chance_and_the_report_says_it_shows_the_machinery_only(rescored_reports):
+    roc_column = 5 + CLASSIFICATION_METRICS.index("roc_auc")  # after seed, procedure, scope, n, positives
+    for name in ("noise", "separating"):  # the control, and scores that learn the target
+        folder, chance = rescored_reports[name], name == "noise"
+        report = json.loads((folder / "results.json").read_text())
+        lines = (folder / "results.md").read_text().splitlines()
+        models = [row for row in report["results"] if row["scope"] == "merged" and row["procedure"] in MODELS]
+        assert len(models) == 2 * len(MODELS)
+        for row in models:
+            # The headline metric. PR AUC's flag follows the same rule (checked against the
+            # metrics module above); on 6 test patients a noise draw clears it now and then.
+            assert row["metrics"]["roc_auc"]["at_chance"] is chance, (name, row["seed"], row["procedure"])
+            assert chance or row["metrics"]["pr_auc"]["at_chance"] is False
+            roc_cell = cells(lines, row["seed"], row["title"], "merged")[roc_column]
+            assert roc_cell.endswith("(at chance)") is chance, (name, roc_cell)
+        table = pd.read_csv(folder / "results.csv")
+        merged = table[(table["scope"] == "merged") & table["procedure"].isin(MODELS)]
+        assert (merged["roc_auc_at_chance"] == chance).all() and (chance or not merged["pr_auc_at_chance"].any())
+        summary = pd.read_csv(folder / "summary.csv")
+        summary = summary[(summary["scope"] == "merged") & (summary["metric"] == "roc_auc")].set_index("procedure")
+        ours = pd.read_csv(folder / "paper_comparison.csv").dropna(subset=["roc_auc"]).set_index("procedure")
+        for procedure in MODELS:
+            assert summary.loc[procedure, "at_chance"] == chance and summary.loc[procedure, "seeds_at_chance"] == 2 * chance
+            spread = cells(lines, procedure_label(procedure), "merged", 2)[3 + CLASSIFICATION_METRICS.index("roc_auc")]
+            assert spread.endswith("(at chance)") is chance
+            assert ours.loc[procedure, "roc_auc_at_chance"] == chance
+        # The headline, second only to the title.
+        assert (MACHINERY_ONLY in lines[2]) is chance and report["headline"]["every_model_at_chance"] is chance
+        assert ("every model's merged ROC AUC is above chance" in lines[2]) is not chance
+    # The floor scores no pixels, the same in both: ROI presence tells the label in this cache
+    # (no malignant image without an ROI), so it is above chance even beside noise, and the
+    # machinery-only line does not count it.
+    floors = [
+        [row["metrics"]["roc_auc"] for row in json.loads((rescored_reports[name] / "results.json").read_text())["results"]
+         if row["procedure"] == "annotation_only" and row["scope"] == "merged"]
+        for name in ("noise", "separating")
+    ]  # fmt: skip
+    assert floors[0] == floors[1] and not any(entry["at_chance"] for entry in floors[0])
+
+
+def test_the_headline_names_the_models_at_chance(rescored_reports):
+    lines = (rescored_reports["aware_learns"] / "results.md").read_text().splitlines()
+    assert MACHINERY_ONLY not in lines[2] and "at chance on this data" in lines[2]
+    assert procedure_label("comparative") in lines[2] and procedure_label("deployable") not in lines[2]
+
+
+def test_roi_aware_is_called_better_than_plain_only_where_a_paired_interval_says_so(rescored_reports, finished):
+    _, folder = finished
+    verdicts = {}
+    for name, report_folder in {**rescored_reports, "finished": folder}.items():
+        differences = json.loads((report_folder / "results.json").read_text())["differences"]
+        assert {(row["seed"], row["procedure"], row["baseline"]) for row in differences} == {
+            (seed, aware, "comparative") for seed in (0, 1) for aware in ("annotated", "deployable")
+        }
+        verdicts[name] = {row["verdict"] for row in differences}
+        lines = (report_folder / "results.md").read_text().splitlines()
+        for row in differences:
+            # The verdict is what the paired interval says, never what the two values alone say.
+            expected = "higher" if row["low"] > 0 else "lower" if row["high"] < 0 else "not distinguishable"
+            assert row["verdict"] == expected
+            words = {"higher": "ROI-aware higher", "lower": "ROI-aware lower"}.get(expected, expected)
+            assert cells(lines, row["seed"], row["title"], row["baseline_title"])[-1] == words
+    # The same scores, or both perfect: no difference to claim. ROI-aware separating, plain
+    # uninformative: a real gap, claimed.
+    assert verdicts["noise"] == verdicts["separating"] == {"not distinguishable"} and verdicts["aware_learns"] == {"higher"}
+
+
+@pytest.mark.parametrize(
+    ("value", "low", "high", "undefined", "verdict"),
+    [
+        (0.15, -0.20, 0.55, 0, "not distinguishable"),  # a gap in the values the interval does not support
+        (0.15, 0.01, 0.30, 0, "higher"),
+        (-0.15, -0.30, -0.01, 0, "lower"),
+        (0.15, 0.01, 0.30, 40, "not distinguishable"),  # 40 % of resamples undefined: unreliable
+        (math.nan, math.nan, math.nan, 100, "undefined"),
+    ],
+)
+def test_a_difference_is_claimed_only_where_its_interval_excludes_zero(value, low, high, undefined, verdict):
+    entry = {"value": value, "low": low, "high": high, "undefined": undefined, "n_boot": 100, "n_positive": 3, "n_negative": 9}
+    assert difference_verdict(entry) == verdict

@@ -1,8 +1,10 @@
 """The ROI-aware report as markdown: the tables of ``roi_report``'s JSON, numbers at three
 decimals with their 95 % intervals (or, where too many resamples left the metric undefined, why
 the interval is not shown), procedures that read test annotations flagged in every row, the
-population scored said in words, and every number on test images the encoder was pretrained on
-marked."""
+population scored said in words, every number on test images the encoder was pretrained on
+marked, every ROC AUC and PR AUC not shown better than chance marked "(at chance)", a headline
+that says which models are at chance (and, when all are, that the report shows the machinery
+only), and ROI-aware against plain only as far as a paired interval supports it."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from vismae.experiments.roi_aware.rules import ANNOTATION_WARNING, NORMAL_LABEL,
 from vismae.metrics import CLASSIFICATION_METRICS, UNRELIABLE_UNDEFINED_SHARE, interval_problem, undefined_share
 from vismae.models.formats.vismae_export import SEEN_IN_PRETRAINING, seen_mark, seen_warning
 
+AT_CHANCE = "(at chance)"
 METRIC_TITLES = {"sensitivity": "Sensitivity", "specificity": "Specificity", "f1": "F1",
                  "f_sens_spec": "F(Se, Sp)", "accuracy": "Accuracy", "roc_auc": "ROC AUC", "pr_auc": "PR AUC"}  # fmt: skip
 
@@ -24,19 +27,33 @@ def fmt(value) -> str:
 def fmt_interval(entry: dict) -> str:
     """``0.930 (0.880-0.960)``: the value and its 95 % interval; ``1.000 (interval unreliable:
     undefined in 36 % of resamples)`` where it rests on too few patients of a class (the row's
-    n and positives say how few)."""
+    n and positives say how few); either followed by ``(at chance)`` where the entry is flagged
+    so (a ranking metric not shown better than chance)."""
     if math.isnan(entry["value"]):
         return "n/a"
     if interval_problem(entry):
-        return f"{fmt(entry['value'])} (interval unreliable: undefined in {100 * undefined_share(entry):.0f} % of resamples)"
-    return f"{fmt(entry['value'])} ({fmt(entry['low'])}-{fmt(entry['high'])})"
+        text = f"{fmt(entry['value'])} (interval unreliable: undefined in {100 * undefined_share(entry):.0f} % of resamples)"
+    else:
+        text = f"{fmt(entry['value'])} ({fmt(entry['low'])}-{fmt(entry['high'])})"
+    return text + (f" {AT_CHANCE}" if entry.get("at_chance") else "")
 
 
 def fmt_spread(stats: dict) -> str:
-    """``0.930 ± 0.010 (0.920-0.940)``: mean ± standard deviation (min-max) across seeds."""
+    """``0.930 ± 0.010 (0.920-0.940)``: mean ± standard deviation (min-max) across seeds, and
+    for a ranking metric in how many seeds it is at chance."""
     if math.isnan(stats["mean"]):
         return "n/a"
-    return f"{fmt(stats['mean'])} ± {fmt(stats['std'])} ({fmt(stats['min'])}-{fmt(stats['max'])})"
+    return f"{fmt(stats['mean'])} ± {fmt(stats['std'])} ({fmt(stats['min'])}-{fmt(stats['max'])})" + seeds_chance_mark(stats)
+
+
+def seeds_chance_mark(flags: dict) -> str:
+    """`` (at chance)`` where a metric is at chance in every seed that scored it, `` (at chance
+    in 1 of 2 seeds)`` where in some, nothing where in none (or for a metric without a chance
+    level: no flags)."""
+    count, seeds = flags.get("seeds_at_chance") or 0, flags.get("n") or 0
+    if not count:
+        return ""
+    return f" {AT_CHANCE}" if count == seeds else f" (at chance in {count} of {seeds} seeds)"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -74,13 +91,80 @@ def comparison_table(comparison: dict, mark: str = "") -> str:
     header = ["Source", "Procedure"] + [METRIC_TITLES[m] for m in CLASSIFICATION_METRICS]
     rows = []
     for entry in comparison["published"] + comparison["ours"]:
-        metrics = entry["metrics"]
+        metrics, chance = entry["metrics"], entry.get("chance") or {}
         ours = entry in comparison["ours"]
-        rows.append(
-            [entry["source"], _marked(entry["title"], mark if ours else "")]
-            + [fmt(metrics.get(m)) if m in metrics else "not reported" for m in CLASSIFICATION_METRICS]
-        )
+        cells = [fmt(metrics[m]) + seeds_chance_mark(chance.get(m, {})) if m in metrics else "not reported" for m in CLASSIFICATION_METRICS]
+        rows.append([entry["source"], _marked(entry["title"], mark if ours else "")] + cells)
     return _table(header, rows)
+
+
+def headline_lines(headline: dict | None) -> list[str]:
+    """The first thing the report says: whether its models score above chance at all."""
+    if not headline or not headline["procedures"]:
+        return []
+    if headline["every_model_at_chance"]:
+        return [
+            "**Headline: every model scores at chance on this data: this report shows the machinery only, not the method.** "
+            "No model's merged ROC AUC is shown better than chance in any seed: each 95 % interval reaches down to 0.5 "
+            "(or is unreliable). The annotation-only floor scores no pixels and is not counted here."
+        ]
+    at_chance = [entry for entry in headline["procedures"].values() if entry["seeds_at_chance"]]
+    if not at_chance:
+        return ["**Headline: every model's merged ROC AUC is above chance**: its 95 % interval lies above 0.5 in every seed."]
+    named = "; ".join(entry["title"] + _which_seeds(entry) for entry in at_chance)
+    return [
+        f"**Headline: at chance on this data** (merged ROC AUC whose 95 % interval reaches down to 0.5, or is "
+        f"unreliable): {named}. Every other merged ROC AUC of a model is above chance."
+    ]
+
+
+def _which_seeds(entry: dict) -> str:
+    """Nothing where a procedure is at chance in all its seeds, else in which."""
+    if entry["seeds_at_chance"] == entry["seeds"]:
+        return ""
+    seeds = ", ".join(str(seed) for seed in entry["seeds_at_chance"])
+    return f" (seed{'s' if len(entry['seeds_at_chance']) > 1 else ''} {seeds} of {len(entry['seeds'])})"
+
+
+DIFFERENCE_WORDS = {"higher": "ROI-aware higher", "lower": "ROI-aware lower",
+                    "not distinguishable": "not distinguishable", "undefined": "undefined"}  # fmt: skip
+
+
+def differences_table(differences: list[dict], mark: str = "") -> str:
+    header = ["Seed", "ROI-aware", "Plain", "ROC AUC, ROI-aware minus plain", "On these data"]
+    rows = [
+        [row["seed"], _marked(row["title"], mark), _marked(row["baseline_title"], mark),
+         fmt_difference(row), DIFFERENCE_WORDS[row["verdict"]]]
+        for row in differences
+    ]  # fmt: skip
+    return _table(header, rows)
+
+
+def differences_lines(differences: list[dict] | None, mark: str = "") -> list[str]:
+    """ROI-aware against plain, as far as a paired interval supports a difference."""
+    if not differences:
+        return []
+    return [
+        "## ROI-aware against plain (merged test set)",
+        "The merged ROC AUC of each ROI-aware procedure minus the plain (comparative) one's, on the same test "
+        "images, with a paired patient-bootstrap 95 % interval (both procedures' scores resampled together). "
+        "A difference is claimed only where that interval excludes 0; otherwise the two are not distinguishable "
+        "on these data.",
+        differences_table(differences, mark),
+    ]
+
+
+def fmt_difference(entry: dict) -> str:
+    """``+0.042 (-0.031-0.120)``: a difference, signed, with its paired 95 % interval."""
+    if math.isnan(entry["value"]):
+        return "n/a"
+    if interval_problem(entry):
+        return f"{_signed(entry['value'])} (interval unreliable: undefined in {100 * undefined_share(entry):.0f} % of resamples)"
+    return f"{_signed(entry['value'])} ({_signed(entry['low'])} to {_signed(entry['high'])})"
+
+
+def _signed(value: float) -> str:
+    return f"{round(value, 3) + 0.0:+.3f}"  # + 0.0: no "-0.000" for a difference that rounds to none
 
 
 def groups_table(groups: list[dict]) -> str:
@@ -170,6 +254,7 @@ def markdown(report: dict) -> str:
     warning, mark = seen_lines(experiment, report["data"])
     parts = [
         "# ROI-aware benign/malignant classification" + (f": {recipe['name']} recipe" if recipe else ""),
+        *headline_lines(report.get("headline")),
         *recipe_lines(recipe),
         f"Manifest `{experiment['manifest']}`, encoder `{experiment['init']}`, seeds {experiment['seeds']}, "
         f"router: {experiment['router']}, small groups: {experiment['small_groups']}.",
@@ -178,7 +263,9 @@ def markdown(report: dict) -> str:
         "on the training split. Threshold metrics count each image's decision at the threshold of the model "
         "that scored it; AUCs rank the merged scores. Intervals: patient-level bootstrap, 95 %; where more than "
         f"{100 * UNRELIABLE_UNDEFINED_SHARE:g} % of the resamples left a metric undefined (too few malignant or benign "
-        "patients), its interval is marked unreliable instead of given. F(Se, Sp) is the harmonic mean of sensitivity "
+        "patients), its interval is marked unreliable instead of given. A ROC AUC or PR AUC marked "
+        f"{AT_CHANCE} is not shown better than chance: its 95 % interval reaches down to the chance level (ROC AUC "
+        "0.5, PR AUC the share of positives) or is unreliable. F(Se, Sp) is the harmonic mean of sensitivity "
         "and specificity, the paper's F-score.",
         *population_lines(experiment, report["data"]),
         *warning,
@@ -193,13 +280,17 @@ def markdown(report: dict) -> str:
             f"{comparison['citation']}. Published test set (Table {published['table']}): {published['n']} images, "
             f"{published['positives']} malignant. The paper reports no intervals, no F1 and no AUC. "
             + comparison.get("f_score", "")
-            + f" Its F-score stands in column {METRIC_TITLES['f_sens_spec']}, beside ours.",
+            + f" Its F-score stands in column {METRIC_TITLES['f_sens_spec']}, beside ours. Whether ROI-aware differs "
+            "from plain on our data is not read off these columns but from the paired comparison below (ROI-aware "
+            "against plain).",
             comparison_table(comparison, mark),
         ]
     for title, scopes in (("Merged test set", ("merged",)), ("Per view", VIEW_NAMES)):
         parts += [f"## {title}", results_table(by_scope(by_task(results, "malignancy"), scopes), mark)]
         if summary:
             parts += ["Across seeds, mean ± sd (min-max):", summary_table(by_scope(by_task(summary, "malignancy"), scopes), mark)]
+        if title == "Merged test set":
+            parts += differences_lines(report.get("differences"), mark)
     parts += [
         "## Router (ROI presence on the test set)",
         "\n".join(router_lines(report["routers"])),
