@@ -20,7 +20,7 @@ def bench(monkeypatch):
         return importlib.import_module(name)
 
     yield load
-    for name in ("table", "loader", "pretrain", "machine_info"):
+    for name in ("table", "loader", "pretrain", "machine_info", "sparse_gate"):
         module = sys.modules.get(name)
         if module is not None and Path(getattr(module, "__file__", "")).parent == BENCH:
             del sys.modules[name]
@@ -91,3 +91,23 @@ def test_the_flop_count_leaves_out_checkpointing_recomputation(bench, capsys):
         assert result["label"] == "x" and result["config"]["window_size"] == 2 and result["config"]["sparse"]
         counts[bool(flags)] = result["gflops_per_image"]
     assert counts[False] > 0 and counts[True] == counts[False]
+
+
+@pytest.mark.slow
+def test_the_sparse_gate_compares_the_two_paths_on_the_same_data(bench, tmp_path, capsys):
+    gate = bench("sparse_gate")
+    out = tmp_path / "gate"
+    record = gate.main(["--out", str(out), "--seeds", "0", "1", "--epochs", "1", "--labelled-patients", "24",
+                        "--pool-patients", "6", "--n-boot", "100"])  # fmt: skip
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == record
+    assert record["difference"]["value"] == pytest.approx(record["sparse"]["value"] - record["dense"]["value"], abs=2e-4)
+    assert [entry["seed"] for entry in record["per_seed"]] == ["pretrained-s0", "pretrained-s1"]
+    verdicts = {"sparse worse": record["difference"]["high"] < 0, "sparse better": record["difference"]["low"] > 0}
+    assert record["verdict"] == next((name for name, holds in verdicts.items() if holds), "no difference shown")
+    # The sparse switch is the only difference: same pool, same seeds, same model otherwise.
+    for seed in (0, 1):
+        configs = {path: (out / path / "pretrain" / f"s{seed}" / "config.yaml").read_text() for path in ("dense", "sparse")}
+        assert "sparse: true" in configs["sparse"] and "sparse: false" in configs["dense"]
+        assert configs["sparse"].replace("sparse: true", "sparse: false").replace("/sparse/", "/dense/") == configs["dense"]
+        images = {path: (out / path / "pretrain" / f"s{seed}" / "pretraining_images.csv").read_text() for path in ("dense", "sparse")}
+        assert images["sparse"] == images["dense"]

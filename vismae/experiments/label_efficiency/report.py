@@ -56,6 +56,7 @@ matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from vismae.experiments.label_efficiency.config import plan_method  # noqa: E402
 from vismae.experiments.label_efficiency.paired import PAIRED_METRICS, compare_points, point_tables  # noqa: E402
 from vismae.io import atomic_path, write_text  # noqa: E402
 from vismae.metrics import UNRELIABLE_UNDEFINED_SHARE, at_chance, chance_level  # noqa: E402
@@ -504,7 +505,12 @@ def fractions_statement(plan: dict) -> str:
                 "change with the fraction.")  # fmt: skip
     return (f"Fractions are of the training and of the validation patients, each drawn nested{stratified}; test rows "
             "do not change with the fraction. Labels used count training and validation images: validation labels "
-            "choose each run's epoch and threshold.")  # fmt: skip
+            f"choose each run's {chosen_on_validation(plan)}.")  # fmt: skip
+
+
+def chosen_on_validation(plan: dict) -> str:
+    """What validation labels choose in a run: a finetuning run's epoch, a probe's regularization."""
+    return "probe's regularization C and threshold" if plan_method(plan) == "probe" else "epoch and threshold"
 
 
 def one_class_lines(plan: dict, results: pd.DataFrame) -> list[str]:
@@ -560,7 +566,7 @@ def summary_markdown(folder: Path, plan: dict, results: pd.DataFrame, curves: pd
     status, _ = progress(folder, plan, results)
     folds = [fold for fold in plan["folds"] if fold is not None]
     lines = [
-        f"# Label efficiency: {plan['task']}",
+        f"# Label efficiency: {plan['task']}" + (", linear probe on the frozen encoders" if plan_method(plan) == "probe" else ""),
         "",
         status,
         "",
@@ -571,7 +577,7 @@ def summary_markdown(folder: Path, plan: dict, results: pd.DataFrame, curves: pd
         f"Cells: mean ± std [min, max] (runs) over seeds and folds. Plot: {PLOT_FILE} ({SPREAD}); its data: {CURVES_FILE}.",
     ]
     if validation_statement(plan):
-        lines += ["", f"NOTE: {validation_statement(plan)}: every run chose its epoch and threshold on all the validation "
+        lines += ["", f"NOTE: {validation_statement(plan)}: every run chose its {chosen_on_validation(plan)} on all the validation "
                       "labels, so a fraction uses more labels than its share of the training patients, and the labels "
                       "saved count the training labels only."]  # fmt: skip
     for init, seen in seen_counts(plan).items():
