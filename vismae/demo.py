@@ -113,6 +113,8 @@ def finetune_both_inits(settings: DemoSettings, cache: Path, encoder: Path) -> d
 
 
 def print_finetune_table(results: dict[tuple[str, str], dict]) -> None:
+    from vismae.metrics import at_chance
+
     columns = {"classify": ("roc_auc", "pr_auc", "sensitivity", "specificity"), "segment": ("dice", "precision", "recall")}
     for task, names in columns.items():
         print(f"\n{task}: test metrics (95 % patient-bootstrap interval)")
@@ -124,7 +126,20 @@ def print_finetune_table(results: dict[tuple[str, str], dict]) -> None:
             for name in names:
                 value = metrics.get(name, {})
                 cells.append(f"{value.get('value', float('nan')):.3f} [{value.get('low', float('nan')):.2f}, {value.get('high', float('nan')):.2f}]")
-            print(f"{init_name:<12}" + "".join(f"{cell:>24}" for cell in cells))
+            chance = " (ROC AUC at chance)" if task == "classify" and at_chance(metrics.get("roc_auc", {}), "roc_auc") else ""
+            print(f"{init_name:<12}" + "".join(f"{cell:>24}" for cell in cells) + chance)
+
+
+def print_paired_difference(finetune_dir: Path) -> None:
+    """The classifiers' ROC AUC, pretrained minus random, on the same test patients."""
+    from vismae.experiments.label_efficiency.paired import compare_points, scored_predictions
+
+    arms = {init: [scored_predictions(finetune_dir / f"classify-{init}", "test")] for init in ("pretrained", "random")}
+    compared = compare_points("classify", "roc_auc", arms, {"difference": ("pretrained", "random")})
+    difference = compared["difference"]
+    verdict = "pretrained better" if difference["low"] > 0 else "random better" if difference["high"] < 0 else "not distinguishable"
+    print(f"classify, pretrained minus random ROC AUC (paired patient bootstrap): {difference['value']:+.3f} "
+          f"[{difference['low']:+.3f}, {difference['high']:+.3f}]: {verdict}")  # fmt: skip
 
 
 def roi_aware(settings: DemoSettings, cache: Path, encoder: Path) -> Path:
@@ -147,20 +162,18 @@ def roi_aware(settings: DemoSettings, cache: Path, encoder: Path) -> Path:
     return report
 
 
-def sweep(settings: DemoSettings, cache: Path, encoder: Path) -> Path:
-    from vismae.experiments.label_efficiency.sweep import run_sweep
-    from vismae.experiments.label_efficiency.config import load_sweep_config
+def label_efficiency(settings: DemoSettings, cache: Path, encoder: Path) -> Path:
+    from vismae.experiments.label_efficiency.study import run_sweeps
+    from vismae.experiments.label_efficiency.study_config import load_study_config
 
-    started = _stage("sweep: label efficiency, pretrained vs random init")
-    folder = Path(settings.out) / "sweep"
-    config = load_sweep_config(
-        shipped_config("sweep", "demo.yaml"),
-        [f"output_dir={folder}", f"manifest={cache / 'manifest.csv'}", f"inits.ours={encoder}", f"finetune.data.size={settings.size}"],
-    )
-    run_sweep(config)
-    print((folder / "report" / "summary.md").read_text())
+    started = _stage("label efficiency: pretrained vs random init on 5-100 % of the labels, probed and finetuned, 3 seeds")
+    folder = Path(settings.out) / "label_efficiency"
+    config = load_study_config(shipped_config("study", "demo.yaml"), [f"output_dir={folder}"])
+    config.validate()
+    report = run_sweeps(config, str(cache / "manifest.csv"), {"pretrained-demo": str(encoder), "random": "random:tiny"}, folder)
+    print((report / "study.md").read_text())
     _done(started, folder)
-    return folder
+    return report
 
 
 def run_demo(settings: DemoSettings) -> dict[str, Path]:
@@ -174,12 +187,13 @@ def run_demo(settings: DemoSettings) -> dict[str, Path]:
     run_dir = pretrain(settings, caches)
     encoder = run_dir / "encoder.safetensors"
     print_finetune_table(finetune_both_inits(settings, caches["vindr"], encoder))
+    print_paired_difference(out / "finetune")
     outputs = {
         **{f"cache {name}": cache for name, cache in caches.items()},
         "pretraining run (encoder, reconstructions)": run_dir,
         "finetuning runs": out / "finetune",
         "ROI-aware report": roi_aware(settings, caches["vindr"], encoder),
-        "label-efficiency sweep": sweep(settings, caches["vindr"], encoder),
+        "label efficiency (probe and finetuning sweeps, report)": label_efficiency(settings, caches["vindr"], encoder),
     }
     print(f"\nDemo outputs are in {out.resolve()}:")
     for what, where in outputs.items():

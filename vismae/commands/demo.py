@@ -13,7 +13,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Write synthetic VinDr-Mammo and CDD-CESM datasets in their real on-disk formats, read "
             "them into manifests, prepare and summarize a training cache of each, pretrain a tiny "
             "Swin MAE on both, finetune a classifier and a segmenter from that encoder and from "
-            "random init, then run the ROI-aware experiment and the label-efficiency sweep. "
+            "random init, then run the ROI-aware experiment and the label-efficiency sweeps (frozen-feature "
+            "probes and finetuning, pretrained against random init, three seeds, paired differences). "
             "Rerunning continues where it stopped."
         ),
     )

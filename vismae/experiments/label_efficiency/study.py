@@ -104,11 +104,22 @@ def sweep_config(config: StudyConfig, method: str, labelled: str, inits: dict[st
     return sweep
 
 
-def run_study(config: StudyConfig) -> Path:
-    """Every stage of the study, each resuming; the report folder."""
+def run_sweeps(config: StudyConfig, labelled: str, inits: dict[str, str], folder: Path) -> Path:
+    """Each method's sweep of ``inits`` on ``labelled`` (resuming), then the study report; the
+    report folder. The demo calls this with its own pretrained encoder."""
     from vismae.experiments.label_efficiency.study_report import build_study_report
     from vismae.experiments.label_efficiency.sweep import run_sweep
 
+    sweeps = {}
+    for method in config.methods:
+        log(f"\n{method}: label-efficiency sweep, {', '.join(inits)}")
+        sweeps[method] = Path(folder) / method
+        run_sweep(sweep_config(config, method, labelled, inits, Path(folder)))
+    return build_study_report(Path(folder), sweeps, n_boot=config.n_boot)
+
+
+def run_study(config: StudyConfig) -> Path:
+    """Every stage of the study, each resuming; the report folder."""
     config.validate()
     config = config.with_absolute_paths()
     folder = Path(config.output_dir)
@@ -116,9 +127,4 @@ def run_study(config: StudyConfig) -> Path:
     write_yaml(folder / "study.yaml", to_dict(config))
     labelled, pool = study_data(config, folder / "data")
     inits = pretrain_all(config, pool, folder / "pretrain")
-    sweeps = {}
-    for method in config.methods:
-        log(f"\n{method}: label-efficiency sweep, {', '.join(inits)}")
-        sweeps[method] = folder / method
-        run_sweep(sweep_config(config, method, labelled, inits, folder))
-    return build_study_report(folder, sweeps, n_boot=config.n_boot)
+    return run_sweeps(config, labelled, inits, folder)
