@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 import torch
 
 from vismae.cli import main
@@ -128,6 +129,10 @@ def test_probe_command_reads_a_frozen_encoder_and_beats_its_shuffled_label_contr
         assert saved["image_id"].tolist() == frame["image_id"].tolist()  # one row per manifest image, in order
         assert saved["embedding"].shape == (len(frame), 2 * sum((24, 48, 96, 192)))
         assert metrics["rows"]["test"]["images"] == 20 and metrics["stages"] == [0, 1, 2, 3]
+        # The per-image scores behind the test metrics, for paired comparisons.
+        test = pd.read_csv(out / "predictions.csv").query("split == 'test'")
+        for probe in ("linear", "knn"):
+            assert roc_auc_score(test["target"], test[probe]) == pytest.approx(metrics[probe]["test"]["roc_auc"]["value"], abs=1e-12)
     assert scores["real"]["value"] > scores["shuffled"]["value"] + 0.2, scores
     assert "test ROC AUC" in capsys.readouterr().out
 

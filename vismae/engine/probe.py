@@ -38,6 +38,7 @@ from vismae.metrics import bootstrap_ci, metrics_with_ci
 PROBE_CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 KNN_KS = (5, 10, 20, 40)
 POOLS = ("mean", "max")
+PREDICTIONS_FILE = "predictions.csv"  # `vismae probe`: val and test images, one probability column per probe
 
 
 @dataclass
@@ -180,9 +181,11 @@ def probe_scores(embeddings: np.ndarray, rows: pd.DataFrame, where: str = "probe
     return results
 
 
-def probe_metrics(embeddings: np.ndarray, rows: pd.DataFrame, n_boot: int = 1000, seed: int = 0, where: str = "probe") -> dict:
-    """Both probes fitted on train, chosen on val, scored on test with patient-bootstrap intervals."""
-    fitted = probe_scores(embeddings, rows, where)
+def probe_metrics(embeddings: np.ndarray, rows: pd.DataFrame, n_boot: int = 1000, seed: int = 0, where: str = "probe",
+                  fitted: dict | None = None) -> dict:  # fmt: skip
+    """Both probes fitted on train, chosen on val, scored on test with patient-bootstrap intervals
+    (``fitted``: what ``probe_scores`` returned for these rows, when the caller has it)."""
+    fitted = fitted or probe_scores(embeddings, rows, where)
     test = rows["split"].to_numpy() == "test"
     if not test.any():
         raise ValueError(f"{where}: no test rows to score the probes on")
@@ -240,12 +243,13 @@ def run_probe(
 ) -> dict:
     """Embed every image of ``manifest`` (a prepared cache's) with the frozen ``init`` encoder
     (anything ``load_encoder`` reads, ``random:<preset>`` included), fit and score both probes,
-    and write ``out/embeddings.npz`` (image_id, embedding) and ``out/metrics.json``."""
+    and write ``out/embeddings.npz`` (image_id, embedding), ``out/metrics.json`` and
+    ``out/predictions.csv`` (each val and test image's probability under each probe)."""
     from pathlib import Path
 
     from vismae.data.labelled_dataset import cache_image_size
     from vismae.data.manifest import read_manifest
-    from vismae.io import write_json
+    from vismae.io import write_csv, write_json
     from vismae.models.random_init import is_random_init
     from vismae.models.weights import load_encoder
 
@@ -260,7 +264,9 @@ def run_probe(
     chosen = parse_stages(stages, encoder.config.num_stages)
     embeddings = embed(encoder, load_images(frame["path"].tolist(), image_size), chosen, batch_size)
     rows, notes = task_rows(frame, data)
-    metrics = probe_metrics(embeddings[rows_in(frame, rows)], rows, n_boot=n_boot, seed=seed, where=str(manifest))
+    task_embeddings = embeddings[rows_in(frame, rows)]
+    fitted = probe_scores(task_embeddings, rows, str(manifest))
+    metrics = probe_metrics(task_embeddings, rows, n_boot=n_boot, seed=seed, where=str(manifest), fitted=fitted)
 
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
@@ -283,6 +289,9 @@ def run_probe(
         **metrics,
     }
     write_json(folder / "metrics.json", summary)
+    # Each scored image's probabilities, for paired comparisons of two encoders on the same images.
+    scored = rows[["image_id", "patient_id", "split", "target"]].assign(**{name: fit["scores"] for name, fit in fitted.items()})
+    write_csv(folder / PREDICTIONS_FILE, scored[scored["split"] != "train"], float_format="%.17g")
     return summary
 
 
