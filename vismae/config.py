@@ -269,7 +269,7 @@ class ModelSection:
     mask_unit_px: int = 16  # masked squares, in pixels (VIS-MAE: 4 x 4 tokens of 4 px)
     norm_pix_loss: bool = False
     grad_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
-    sparse: bool = False  # encode visible tokens only (faster); needs mask_unit_px a multiple of 32 for the presets
+    sparse: bool = False  # encode visible tokens only: 1.7-4.5x faster, but its encoders probed worse at 64 px (docs/benchmarks.md); needs mask_unit_px a multiple of 32 for the presets
     overrides: dict = field(default_factory=dict)  # any EncoderConfig field: window_size, drop_path_rate ...
 
     def validate(self) -> None:
