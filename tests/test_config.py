@@ -22,11 +22,13 @@ from vismae.config import (
 )
 from vismae.engine.finetune_config import load_finetune_config
 from vismae.experiments.label_efficiency.config import load_sweep_config
+from vismae.experiments.label_efficiency.study_config import load_study_config
 from vismae.experiments.roi_aware.config import load_roi_aware_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "pretrain"
-LOADERS = {"pretrain": load_pretrain_config, "finetune": load_finetune_config, "roi_aware": load_roi_aware_config, "sweep": load_sweep_config}
+LOADERS = {"pretrain": load_pretrain_config, "finetune": load_finetune_config, "roi_aware": load_roi_aware_config, "sweep": load_sweep_config,
+           "study": load_study_config}  # fmt: skip
 # Every YAML file shipped, wherever the repository keeps them (configs/, the package's own copy).
 SHIPPED = sorted({path.resolve() for root in (REPO / "configs", REPO / "vismae" / "configs") for path in root.glob("*/*.yaml")})
 

@@ -87,3 +87,20 @@ def test_a_study_config_names_what_is_wrong():
         load_study_config(None, ["synthetic.pool_seed=2", "synthetic.labelled_seed=2"]).validate()
     with pytest.raises(ConfigError, match="no phantom format"):
         load_study_config(None, ["synthetic.pool_formats=[vindr,dicom]"]).validate()
+
+
+@pytest.mark.parametrize("name", ["synthetic.yaml", "demo.yaml"])
+def test_a_shipped_study_makes_valid_pretraining_and_sweep_configs(name, tmp_path):
+    from vismae.experiments.label_efficiency.study import pretrain_config, sweep_config
+    from vismae.shipped_configs import shipped_config
+
+    config = load_study_config(shipped_config("study", name), [f"output_dir={tmp_path}"])
+    config.validate()
+    pool = [str(tmp_path / "pool.csv")]
+    pretraining = pretrain_config(config, pool, seed=3, folder=tmp_path)
+    assert (pretraining.train.seed, pretraining.data.manifests) == (3, pool)
+    inits = {"pretrained-s3": str(tmp_path / "encoder.safetensors"), "random": f"random:{pretraining.model.preset}"}
+    for method in config.methods:
+        sweep = sweep_config(config, method, str(tmp_path / "labelled.csv"), inits, tmp_path)
+        assert (sweep.method, sweep.inits, sweep.baseline) == (method, inits, "random")
+        assert sweep.fractions[-1] == 1.0 and len(sweep.seeds) >= 3  # the yardstick: 3 seeds or more
