@@ -23,11 +23,12 @@ from pathlib import Path
 from machine_info import cpu_name, package_versions  # bench/machine_info.py
 
 from vismae.config import read_yaml
-from vismae.experiments.label_efficiency.paired import compare_points, point_tables
+from vismae.experiments.label_efficiency.predictions import point_tables
 from vismae.experiments.label_efficiency.report import collect_results, read_plan
 from vismae.experiments.label_efficiency.study import run_study
 from vismae.experiments.label_efficiency.study_config import load_study_config
 from vismae.shipped_configs import shipped_config
+from vismae.paired import compare_points
 
 PATHS = ("dense", "sparse")
 THREE_STAGES = ["model.mask_unit_px=16", "model.overrides.depths=[2,2,2]", "model.overrides.num_heads=[1,2,4]"]

@@ -20,7 +20,8 @@ import vismae
 # Lowest first. A module may import its own layer or a lower one. The names are module
 # prefixes; "vismae" alone is the package's __init__.
 LAYERS = [
-    ["vismae", "vismae.io", "vismae.metrics", "vismae.shipped_configs", "vismae.evaluation", "vismae.calibration", "vismae.exam_levels"],
+    ["vismae", "vismae.io", "vismae.metrics", "vismae.shipped_configs", "vismae.evaluation", "vismae.calibration", "vismae.exam_levels",
+     "vismae.paired"],
     ["vismae.data", "vismae.models", "vismae.synthetic"],
     ["vismae.config", "vismae.run_folder"],
     ["vismae.engine"],

@@ -132,7 +132,8 @@ def print_finetune_table(results: dict[tuple[str, str], dict]) -> None:
 
 def print_paired_difference(finetune_dir: Path) -> None:
     """The classifiers' ROC AUC, pretrained minus random, on the same test patients."""
-    from vismae.experiments.label_efficiency.paired import compare_points, scored_predictions
+    from vismae.experiments.label_efficiency.predictions import scored_predictions
+    from vismae.paired import compare_points
 
     arms = {init: [scored_predictions(finetune_dir / f"classify-{init}", "test")] for init in ("pretrained", "random")}
     compared = compare_points("classify", "roc_auc", arms, {"difference": ("pretrained", "random")})

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from vismae.experiments.label_efficiency.paired import compare_points, pr_aucs, roc_aucs
+from vismae.paired import compare_points, pr_aucs, roc_aucs
 from vismae.experiments.label_efficiency.report import build_report
 
 FRACTIONS = (0.25, 1.0)

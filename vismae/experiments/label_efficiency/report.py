@@ -17,7 +17,7 @@ compares each fraction's best run with the baseline's worst full-data run, its h
 fraction's worst run with the baseline's best, so from the high end on every run of the init
 scores at least every full-data baseline run. It is a range over runs, not a confidence interval.
 
-Labels saved are claimed only where the data show them (``paired.py``): at the fraction f where
+Labels saved are claimed only where the data show them (``vismae.paired``): at the fraction f where
 the mean reaches the bar, the init must beat the baseline trained on the same f of the labels,
 the patient-bootstrap interval of the paired difference above zero, and neither the init at f
 nor the bar may be at chance (its interval reaching down to chance level). Otherwise the
@@ -57,9 +57,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from vismae.experiments.label_efficiency.config import plan_method  # noqa: E402
-from vismae.experiments.label_efficiency.paired import PAIRED_METRICS, compare_points, point_tables  # noqa: E402
+from vismae.experiments.label_efficiency.predictions import point_tables  # noqa: E402
 from vismae.io import atomic_path, write_text  # noqa: E402
 from vismae.metrics import UNRELIABLE_UNDEFINED_SHARE, at_chance, chance_level  # noqa: E402
+from vismae.paired import PAIRED_METRICS, compare_points  # noqa: E402
 from vismae.models.formats.vismae_export import SEEN_IN_PRETRAINING, seen_mark, seen_warning  # noqa: E402
 
 PLAN_FILE = "plan.json"

@@ -23,9 +23,7 @@ from vismae.config import ConfigError, to_dict
 from vismae.io import write_yaml
 from vismae.models.formats.vismae_export import ENCODER_WEIGHTS
 from vismae.experiments.label_efficiency.study_config import StudyConfig
-
-PRETRAINED = "pretrained"
-BASELINE = "random"
+from vismae.experiments.label_efficiency.study_report import BASELINE, PRETRAINED, build_study_report
 
 
 def log(message: str) -> None:
@@ -107,7 +105,6 @@ def sweep_config(config: StudyConfig, method: str, labelled: str, inits: dict[st
 def run_sweeps(config: StudyConfig, labelled: str, inits: dict[str, str], folder: Path) -> Path:
     """Each method's sweep of ``inits`` on ``labelled`` (resuming), then the study report; the
     report folder. The demo calls this with its own pretrained encoder."""
-    from vismae.experiments.label_efficiency.study_report import build_study_report
     from vismae.experiments.label_efficiency.sweep import run_sweep
 
     sweeps = {}

@@ -19,7 +19,7 @@ with the recipe's preset) and baseline; everything else comes from the two recip
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from vismae.config import load_config, require
@@ -79,8 +79,6 @@ class StudyConfig:
         return path if path.is_file() else shipped_config(*Path(name).parts)
 
     def with_absolute_paths(self) -> StudyConfig:
-        from dataclasses import replace
-
         return replace(self, output_dir=absolute_path(self.output_dir), labelled=absolute_path(self.labelled),
                        pool=[absolute_path(path) for path in self.pool])  # fmt: skip
 

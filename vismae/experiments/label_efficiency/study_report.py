@@ -4,7 +4,7 @@ difference pooled over every pretraining run.
 The pooled difference is the mean score of all pretrained runs (every pretraining seed, every
 sweep seed) minus the mean of random init's runs, both on the same scored images, with a
 patient-bootstrap interval in which every run is resampled together
-(``vismae.experiments.label_efficiency.paired``). It is the study's answer about the recipe; one
+(``vismae.paired``). It is the study's answer about the recipe; one
 pretraining run's own difference (the sweeps' paired.csv) is an answer about that run, and the
 runs of one recipe differ widely.
 
@@ -23,7 +23,7 @@ matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from vismae.experiments.label_efficiency.paired import compare_points, point_tables  # noqa: E402
+from vismae.experiments.label_efficiency.predictions import point_tables  # noqa: E402
 from vismae.experiments.label_efficiency.report import (  # noqa: E402
     PAIRED_FILE,
     REPORT_DIR,
@@ -35,6 +35,7 @@ from vismae.experiments.label_efficiency.report import (  # noqa: E402
 )
 from vismae.io import atomic_path, write_text  # noqa: E402
 from vismae.metrics import at_chance, chance_level  # noqa: E402
+from vismae.paired import compare_points  # noqa: E402
 
 PRETRAINED = "pretrained"
 BASELINE = "random"

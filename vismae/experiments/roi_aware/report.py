@@ -31,7 +31,7 @@ import pandas as pd
 
 from vismae.data.manifest import VIEW_NAMES
 from vismae.engine.finetune_config import fixed_threshold
-from vismae.experiments.label_efficiency.paired import compare_points
+from vismae.paired import compare_points
 from vismae.experiments.roi_aware import paper_numbers
 from vismae.experiments.roi_aware.config import RoiAwareConfig
 from vismae.experiments.roi_aware.layout import DATA_FILE, OUTCOME_FILE, PREDICTIONS_FILE, REPORT_DIR, seed_dir
@@ -195,7 +195,7 @@ def chance_headline(results: list[dict]) -> dict:
 def paired_differences(predictions: pd.DataFrame, n_boot: int) -> list[dict]:
     """Per seed, the merged ROC AUC of each ROI-aware procedure minus the plain one's, on the
     same test images, with a paired patient-bootstrap 95 % interval (the sweeps' rule,
-    vismae.experiments.label_efficiency.paired): both procedures' scores are resampled
+    vismae.paired): both procedures' scores are resampled
     together, so which patients happen to be hard cancels out. Two separate intervals that
     overlap say neither "same" nor "different"; this interval does."""
     out = []

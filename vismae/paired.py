@@ -1,24 +1,21 @@
-"""Paired comparisons of sweep runs, on the images they were all scored on.
+"""Paired comparisons of several runs' scores on the images they were all scored on.
 
-Two inits at one fraction are scored on the same test images (or, in k-fold sweeps scored on
-val, the same held-out patients of each seed). Their difference is therefore measured paired:
-one patient bootstrap resamples the images of every run together, and each resample computes
-every run's score, the mean over each init's runs, and their difference. What the runs share
-(which patients happen to be hard) cancels out of the difference; what differs between seeds
-stays in it, because each resample averages over the seeds that exist.
-
-The same bootstrap gives the interval of one init's mean score, which says whether that point
-of the curve is distinguishable from chance (``vismae.metrics.at_chance``).
+Two models scored on the same test images are compared paired: one patient bootstrap resamples
+the images of every run together, and each resample computes every run's score, the mean over
+each arm's runs, and the differences of those means. What the runs share (which patients happen
+to be hard) cancels out of a difference; what differs between a side's runs (seeds) stays in it,
+because each resample averages over the runs that exist. The same bootstrap gives the interval
+of one arm's mean score, which says whether it is distinguishable from chance
+(``vismae.metrics.at_chance``).
 
 Only metrics computed from scores, not from a threshold, are compared: ROC AUC and PR AUC for
-classifiers, and the segmentation metrics (per-image counts in predictions.csv). Runs without a
-predictions.csv (sweeps made before it existed) take part in no comparison.
+classifiers (columns target, probability), and the segmentation metrics (per-image counts tp,
+fp, fn, dice, precision, recall). Every table has image_id and patient_id.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -26,7 +23,6 @@ from scipy.stats import rankdata
 
 from vismae.metrics import bootstrap_ci, summarize_segmentation
 
-PREDICTIONS_FILE = "predictions.csv"
 # Metrics a paired comparison exists for, per task.
 PAIRED_METRICS = {"classify": ("roc_auc", "pr_auc"), "segment": ("dice", "precision", "recall", "dice_pooled",
                                                                   "precision_pooled", "recall_pooled")}  # fmt: skip
@@ -77,33 +73,6 @@ def run_scorer(task: str, metric: str, tables: Sequence[pd.DataFrame]) -> Callab
         return lambda rows: per_runs(target[rows], scores[:, rows])
     counts = [table[["tp", "fp", "fn", "dice", "precision", "recall"]].reset_index(drop=True) for table in tables]
     return lambda rows: np.array([summarize_segmentation(table.iloc[rows])[metric] for table in counts])
-
-
-# ---------------------------------------------------------------------------------------------
-# Which predictions a point of the curve rests on.
-
-
-def scored_predictions(run_dir: Path, split: str) -> pd.DataFrame | None:
-    """The rows of ``split`` in a run's predictions.csv; None where the run wrote none."""
-    path = Path(run_dir) / PREDICTIONS_FILE
-    if not path.is_file():
-        return None
-    table = pd.read_csv(path, dtype={"image_id": str, "patient_id": str})
-    return table[table["split"] == split].reset_index(drop=True)
-
-
-def point_tables(folder: Path, runs: pd.DataFrame, split: str, pool_folds: bool) -> list[pd.DataFrame]:
-    """The scored predictions behind one point of the curve (one init, one fraction): one table
-    per run, or with ``pool_folds`` one per seed, its folds' held-out rows together (k-fold
-    sweeps scored on val: each fold scores other patients)."""
-    tables = {}
-    for _, run in runs.iterrows():
-        table = scored_predictions(Path(folder) / "runs" / run["run"], split)
-        if table is None or table.empty:
-            continue
-        key = run["seed"] if pool_folds else run["run"]
-        tables.setdefault(key, []).append(table)
-    return [pd.concat(parts, ignore_index=True) for parts in tables.values()]
 
 
 def aligned(groups: Sequence[Sequence[pd.DataFrame]]) -> tuple[list[list[pd.DataFrame]], pd.DataFrame]:
